@@ -1,0 +1,112 @@
+"""The ``medvlp`` command line (also ``python -m medvlp``).
+
+    medvlp synth data/                      write the deterministic synthetic corpus
+    medvlp verify-data data/ data.dvc       check data/ against the hash recorded by DVC
+    medvlp curate --params params.yaml      run the curation stage without a notebook
+    medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
+    medvlp strip-notebooks notebooks/*.ipynb
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from medvlp.data.synthetic import generate_corpus
+
+    summary = generate_corpus(args.out, seed=args.seed, n_figures=args.n_figures,
+                              n_studies=args.n_studies, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from medvlp.data.dirhash import dvc_dir_hash, dvc_file_hash
+
+    expected = dvc_file_hash(args.dvc_file)
+    actual = dvc_dir_hash(args.data)
+    if actual != expected:
+        print(f"{args.data}: hash {actual} differs from {expected} recorded in {args.dvc_file}; "
+              "the corpus was not regenerated identically (different medvlp, numpy or Pillow version?)",
+              file=sys.stderr)
+        return 1
+    print(f"{args.data}: {actual} matches {args.dvc_file}")
+    return 0
+
+
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from medvlp.curate.pipeline import run_curation
+    from medvlp.params import load_params, stage_params
+
+    report = run_curation(**stage_params(load_params(args.params), "curate"))
+    print(json.dumps({k: report[k] for k in ("extraction", "anatomy_assignment") if k in report}, indent=2))
+    return 0
+
+
+def _cmd_notebook(args: argparse.Namespace) -> int:
+    from medvlp.notebooks import run_notebook
+    from medvlp.params import load_params, stage_params
+
+    params = stage_params(load_params(args.params), args.section, args.item)
+    run_notebook(args.source, args.output, params)
+    return 0
+
+
+def _cmd_strip(args: argparse.Namespace) -> int:
+    from medvlp.notebooks import strip_outputs
+
+    for nb in args.notebooks:
+        if strip_outputs(nb):
+            print(f"stripped {nb}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medvlp", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from medvlp.data.synthetic import DEFAULT_FIGURES, DEFAULT_SEED, DEFAULT_STUDIES
+
+    p = sub.add_parser("synth", help="write the deterministic synthetic corpus")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--n-figures", type=int, default=DEFAULT_FIGURES)
+    p.add_argument("--n-studies", type=int, default=DEFAULT_STUDIES)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("verify-data", help="compare a directory's hash with a .dvc file")
+    p.add_argument("data", type=Path, nargs="?", default=Path("data"))
+    p.add_argument("dvc_file", type=Path, nargs="?", default=Path("data.dvc"))
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("curate", help="run the curation stage from params.yaml")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.set_defaults(func=_cmd_curate)
+
+    p = sub.add_parser("notebook", help="execute a stage notebook with papermill")
+    p.add_argument("source", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--section", required=True, help="params.yaml section (the DVC stage name)")
+    p.add_argument("--item", default=None, help="foreach item (e.g. the model of a pretrain@<model> stage)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.set_defaults(func=_cmd_notebook)
+
+    p = sub.add_parser("strip-notebooks", help="remove outputs from source notebooks")
+    p.add_argument("notebooks", nargs="+", type=Path)
+    p.set_defaults(func=_cmd_strip)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""medvlp model zoo: 2D dual encoders on open_clip towers, fVLM and a global baseline on a MONAI 3D ViT,
+RadCLIP slice pooling. Models return embeddings; losses live in ``medvlp.losses``.
+
+Build with ``build_model(preset_or_config, **overrides)``. Presets: ``clip``, ``siglip``,
+``conceptclip`` (kind ``dual_encoder``), ``fvlm``, ``ct_global`` (= ``ct_clip_global``), ``radclip``,
+``radclip_meanpool``. Config keys by kind (defaults in ``configs.KIND_DEFAULTS``):
+
+all kinds
+    ``clip_model``        open_clip-schema CLIP config: a name (``medvlp-tiny`` [default], ``medvlp-small``,
+                          or any config shipped with open_clip, e.g. ``ViT-B-16``) or a dict. Sizes the
+                          image tower (2D kinds) and the text tower + embed_dim E (all kinds).
+    ``text_pool``         ``"eot"`` (open_clip pooling: EOT token state) or ``"mean"`` (mean over real
+                          token states), then the tower's text_projection.
+    ``init_logit_scale``  log t, default log(1/0.07).
+    ``init_logit_bias``   b (sigmoid losses; -10) or None for no bias parameter.
+dual_encoder
+    ``concept_heads``     build PC-Align heads ``image_proj`` / ``text_proj`` (MLP W -> hidden -> E) and
+                          ``concept_logit_scale`` / ``concept_logit_bias``.
+    ``head_hidden``       MLP hidden width (None = input width).
+fvlm
+    ``vit3d``             ``monai.networks.nets.ViT`` kwargs (default 64x64x32 voxels, patch 8, width 128,
+                          4 layers, 4 heads, mlp 256, 1 channel).
+    ``token_depths``      ViT blocks whose tokens are pooled (default [-2, -1]).
+    ``anatomy_labels``    label values of the A anatomies (None = medvlp's anatomy lexicon, 10).
+    ``pool_heads``        heads of the shared anatomy attention.
+ct_global
+    ``vit3d``             as fvlm; mean over all last-block tokens, linear projection.
+radclip (the dual_encoder keys, without concept heads, plus)
+    ``slice_pooling``     ``"attention"`` or ``"mean"`` (ablation).
+    ``slice_heads``, ``slice_layers``, ``slice_pos`` (``"learnable"`` | ``"sinusoidal"``), ``max_slices``.
+    ``slice_chunk``       slices per 2D encoder call.
+    ``freeze_text``, ``freeze_image``   freeze a tower at build time.
+"""
+
+from medvlp.models.anatomy_pooling import AnatomyAttentionPool, AnatomyMasks, anatomy_token_masks
+from medvlp.models.checkpoint import (
+    atomic_torch_save,
+    load_model,
+    load_open_clip_weights,
+    read_model_file,
+    save_model,
+)
+from medvlp.models.concept_spans import TokenizedConcepts, char_spans_to_token_spans, tokenize_with_concepts
+from medvlp.models.configs import (
+    DEFAULT_VIT3D,
+    KIND_DEFAULTS,
+    MODEL_KINDS,
+    PRESETS,
+    get_clip_config,
+    list_clip_configs,
+    resolve_model_config,
+)
+from medvlp.models.ct_global import CTGlobalCLIP
+from medvlp.models.dual_encoder import DualEncoder, span_mean
+from medvlp.models.factory import build_model, count_parameters
+from medvlp.models.fvlm import FVLM
+from medvlp.models.logit_scales import LOG_MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
+from medvlp.models.outputs import AnatomyOutput, DualOutput, ImageOutput, TextOutput, VolumeOutput
+from medvlp.models.radclip import RadCLIP
+from medvlp.models.slice_pooling import SlicePooling, encode_slices, sinusoidal_positions
+from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder, build_tokenizer
+from medvlp.models.vit3d import ViT3DEncoder
+
+__all__ = [
+    "DEFAULT_VIT3D", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE", "MODEL_KINDS", "PRESETS",
+    "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput", "CTGlobalCLIP", "DualEncoder", "DualOutput",
+    "FVLM", "ImageEncoder", "ImageOutput", "MLPHead", "RadCLIP", "SlicePooling", "TextEncoder", "TextOutput",
+    "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput", "anatomy_token_masks", "atomic_torch_save",
+    "build_model", "build_tokenizer", "char_spans_to_token_spans", "count_parameters", "encode_slices",
+    "get_clip_config", "list_clip_configs", "load_model", "load_open_clip_weights", "read_model_file",
+    "resolve_model_config", "save_model", "sinusoidal_positions", "span_mean", "tokenize_with_concepts",
+]

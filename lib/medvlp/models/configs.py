@@ -1,0 +1,207 @@
+"""Model configurations: open_clip-schema tower configs and the medvlp model presets.
+
+Two layers of configuration:
+
+- A *CLIP config* in open_clip's model-config schema (``{"embed_dim", "vision_cfg", "text_cfg",
+  optional "quick_gelu"}``) sizes the 2D image tower and the text tower. It is given by name: one of
+  medvlp's own (``medvlp-tiny``, ``medvlp-small``, shipped in ``model_configs/``) or one that ships
+  with open_clip (``ViT-B-16``, ...; only the config is read, no weights are downloaded), or as a dict.
+- A *model config* (a flat dict with a ``kind``) says which medvlp model to build around the towers.
+  ``PRESETS`` holds one per pre-training stage of the pipeline; ``resolve_model_config`` merges user
+  overrides into the preset of the config's kind and inlines the CLIP config, so a resolved config
+  rebuilds the same model anywhere (it is what checkpoints store).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from importlib import resources
+from typing import Any
+
+import open_clip
+
+LOG_INIT_LOGIT_SCALE = math.log(1 / 0.07)
+INIT_LOGIT_BIAS = -10.0
+
+MODEL_KINDS = ("dual_encoder", "fvlm", "ct_global", "radclip")
+
+# 3D ViT (monai.networks.nets.ViT keyword arguments), CPU-sized: 64x64x32 voxels, 8x8x4 = 256 tokens.
+DEFAULT_VIT3D: dict[str, Any] = {
+    "in_channels": 1,
+    "img_size": [64, 64, 32],
+    "patch_size": [8, 8, 8],
+    "hidden_size": 128,
+    "mlp_dim": 256,
+    "num_layers": 4,
+    "num_heads": 4,
+    "dropout_rate": 0.0,
+    "qkv_bias": False,
+    "pos_embed_type": "learnable",
+}
+
+_COMMON: dict[str, Any] = {
+    "clip_model": "medvlp-tiny",
+    "text_pool": "eot",
+    "init_logit_scale": LOG_INIT_LOGIT_SCALE,
+    "init_logit_bias": None,
+}
+
+# Defaults of every key of each kind. Keys are documented in medvlp/models/__init__.py.
+KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dual_encoder": {
+        **_COMMON,
+        "concept_heads": False,
+        "head_hidden": None,
+    },
+    "fvlm": {
+        **_COMMON,
+        "vit3d": DEFAULT_VIT3D,
+        "token_depths": [-2, -1],
+        "anatomy_labels": None,
+        "pool_heads": 4,
+    },
+    "ct_global": {
+        **_COMMON,
+        "vit3d": DEFAULT_VIT3D,
+    },
+    "radclip": {
+        **_COMMON,
+        "slice_pooling": "attention",
+        "slice_heads": 4,
+        "slice_layers": 1,
+        "slice_pos": "learnable",
+        "max_slices": 64,
+        "slice_chunk": 64,
+        "freeze_text": False,
+        "freeze_image": False,
+    },
+}
+
+# One preset per pre-training stage of the pipeline (params.yaml names them).
+PRESETS: dict[str, dict[str, Any]] = {
+    "clip": {"kind": "dual_encoder"},
+    "siglip": {"kind": "dual_encoder", "init_logit_bias": INIT_LOGIT_BIAS},
+    "conceptclip": {"kind": "dual_encoder", "text_pool": "mean", "concept_heads": True,
+                    "init_logit_bias": INIT_LOGIT_BIAS},
+    "fvlm": {"kind": "fvlm"},
+    "ct_global": {"kind": "ct_global"},
+    "ct_clip_global": {"kind": "ct_global"},
+    "radclip": {"kind": "radclip"},
+    "radclip_meanpool": {"kind": "radclip", "slice_pooling": "mean"},
+    "dual_encoder": {"kind": "dual_encoder"},
+}
+
+
+def _medvlp_clip_configs() -> dict[str, dict]:
+    folder = resources.files("medvlp.models").joinpath("model_configs")
+    out = {}
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            out[entry.name[: -len(".json")]] = json.loads(entry.read_text("utf-8"))
+    return out
+
+
+def list_clip_configs() -> list[str]:
+    """Names accepted by ``get_clip_config``: medvlp's own, then those shipped with open_clip."""
+    return sorted(_medvlp_clip_configs()) + open_clip.list_models()
+
+
+def _check_clip_config(cfg: dict, where: str) -> dict:
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in cfg:
+            raise ValueError(f"CLIP config {where}: missing key {key!r} (open_clip model-config schema)")
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), list | tuple):
+        raise ValueError(f"CLIP config {where}: only open_clip's VisionTransformer image tower is supported "
+                         "(no timm_model_name, no ResNet layer tuple); pick a ViT config")
+    if vision.get("attentional_pool") or vision.get("pool_type", "tok") == "none":
+        raise ValueError(f"CLIP config {where}: attentional_pool / pool_type 'none' hide the patch tokens; "
+                         "use pool_type 'tok' or 'avg'")
+    if text.get("hf_model_name") or text.get("hf_tokenizer_name"):
+        raise ValueError(f"CLIP config {where}: HuggingFace text towers/tokenizers are not supported; "
+                         "medvlp uses open_clip's TextTransformer and SimpleTokenizer (no download)")
+    if text.get("embed_cls"):
+        raise ValueError(f"CLIP config {where}: text_cfg.embed_cls (CoCa) is not supported")
+    return cfg
+
+
+def get_clip_config(name_or_cfg: str | dict) -> dict:
+    """Return a CLIP config (open_clip schema) as a fresh dict.
+
+    Args:
+        name_or_cfg: a medvlp config name (``medvlp-tiny``), an open_clip model name whose config
+            ships with open_clip (``ViT-B-16``), or a dict in that schema.
+    """
+    if isinstance(name_or_cfg, dict):
+        return _check_clip_config(copy.deepcopy(name_or_cfg), "(dict)")
+    own = _medvlp_clip_configs()
+    if name_or_cfg in own:
+        return _check_clip_config(own[name_or_cfg], repr(name_or_cfg))
+    if name_or_cfg.startswith("hf-hub:"):
+        raise ValueError(f"CLIP config {name_or_cfg!r}: hub configs would be downloaded; "
+                         "pass a local name or a dict")
+    cfg = open_clip.get_model_config(name_or_cfg)
+    if cfg is None:
+        raise ValueError(f"unknown CLIP config {name_or_cfg!r}; known: {list_clip_configs()[:12]} ... "
+                         "(see medvlp.models.list_clip_configs()) or pass a dict in open_clip's schema")
+    return _check_clip_config(cfg, repr(name_or_cfg))
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
+    """Merge a preset name or a partial config dict and overrides into a complete model config.
+
+    Nested dicts (``vit3d``, an inline ``clip_model``) merge key by key; the CLIP config is inlined
+    as a dict (its name is kept under ``clip_model_name``). Unknown keys raise.
+    """
+    if isinstance(name_or_config, str):
+        if name_or_config not in PRESETS:
+            raise ValueError(f"unknown model preset {name_or_config!r}; known: {sorted(PRESETS)} "
+                             "(or pass a config dict with a 'kind')")
+        partial = PRESETS[name_or_config]
+    else:
+        partial = name_or_config
+    partial = _merge(partial, overrides)
+    kind = partial.get("kind")
+    if kind not in KIND_DEFAULTS:
+        raise ValueError(f"model config: kind {kind!r} is not one of {MODEL_KINDS}")
+    allowed = set(KIND_DEFAULTS[kind]) | {"kind", "clip_model_name"}
+    unknown = sorted(set(partial) - allowed)
+    if unknown:
+        raise ValueError(f"model config of kind {kind!r}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+
+    clip_model = partial.get("clip_model", KIND_DEFAULTS[kind]["clip_model"])
+    config = _merge(KIND_DEFAULTS[kind], {k: v for k, v in partial.items() if k != "clip_model"})
+    if isinstance(clip_model, str):
+        config["clip_model_name"] = clip_model
+    elif "clip_model" in overrides:
+        config.pop("clip_model_name", None)
+    config["clip_model"] = get_clip_config(clip_model)
+
+    if config["text_pool"] not in ("eot", "mean"):
+        raise ValueError(f"model config: text_pool must be 'eot' or 'mean', got {config['text_pool']!r}")
+    if kind == "radclip":
+        if config["slice_pooling"] not in ("attention", "mean"):
+            raise ValueError(f"model config: slice_pooling must be 'attention' or 'mean', "
+                             f"got {config['slice_pooling']!r}")
+        if config["slice_pos"] not in ("learnable", "sinusoidal"):
+            raise ValueError(f"model config: slice_pos must be 'learnable' or 'sinusoidal', "
+                             f"got {config['slice_pos']!r}")
+    if kind == "fvlm":
+        layers = config["vit3d"]["num_layers"]
+        bad = [d for d in config["token_depths"] if not -layers <= d < layers]
+        if bad or not config["token_depths"]:
+            raise ValueError(f"model config: token_depths {config['token_depths']} must be non-empty indices "
+                             f"into the {layers} ViT blocks (python-style, -1 = last)")
+    return config

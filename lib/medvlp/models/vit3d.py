@@ -1,0 +1,59 @@
+"""3D ViT volume encoder (MONAI ``ViT``) returning tokens from several depths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import ViT
+from torch import nn
+
+
+class ViT3DEncoder(nn.Module):
+    """MONAI 3D ViT (``spatial_dims=3, classification=False``) over a volume [B, C, X, Y, Z].
+
+    Tokens follow MONAI's patch embedding order: the token grid (X/px, Y/py, Z/pz) flattened
+    row-major, so token n = (ix * gy + iy) * gz + iz.
+
+    Args:
+        vit_cfg: ``monai.networks.nets.ViT`` keyword arguments (``in_channels``, ``img_size``,
+            ``patch_size``, ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, ...).
+        token_depths: block indices (python-style, -1 = last block) whose outputs to return. Every
+            selected block output goes through the ViT's final LayerNorm, so all depths share one scale
+            (the last one then equals MONAI's own output).
+    """
+
+    def __init__(self, vit_cfg: dict, token_depths: Sequence[int] = (-1,)):
+        super().__init__()
+        cfg = dict(vit_cfg)
+        for key in ("spatial_dims", "classification"):
+            if key in cfg:
+                raise ValueError(f"vit3d config: {key!r} is fixed by medvlp (3D, no classification head)")
+        self.vit = ViT(spatial_dims=3, classification=False, **cfg)
+        self.img_size = tuple(int(s) for s in _triple(cfg["img_size"]))
+        self.patch_size = tuple(int(p) for p in _triple(cfg["patch_size"]))
+        for s, p in zip(self.img_size, self.patch_size):
+            if s % p:
+                raise ValueError(f"vit3d config: img_size {self.img_size} must be divisible by "
+                                 f"patch_size {self.patch_size}")
+        self.grid_size = tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        self.num_tokens = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
+        self.width = int(cfg["hidden_size"])
+        layers = len(self.vit.blocks)
+        self.token_depths = [d % layers for d in token_depths]
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        """volume [B, C, X, Y, Z] -> tokens [B, D, N, W] (D = len(token_depths), N = num_tokens)."""
+        if volume.ndim != 5 or tuple(volume.shape[2:]) != self.img_size:
+            raise ValueError(f"volume: expected [B, C, {', '.join(map(str, self.img_size))}], "
+                             f"got {list(volume.shape)}; resample/crop to the ViT's img_size")
+        _, hidden = self.vit(volume)
+        return torch.stack([self.vit.norm(hidden[d]) for d in self.token_depths], dim=1)
+
+
+def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    if len(value) != 3:
+        raise ValueError(f"vit3d config: expected 3 sizes, got {value}")
+    return tuple(value)

@@ -1,0 +1,42 @@
+"""Reading stage parameters from ``params.yaml`` (one section per DVC stage)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"parameter file {str(p)!r} not found; run from the repository root or pass --params")
+    return yaml.safe_load(p.read_text("utf-8")) or {}
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def stage_params(params: dict[str, Any], section: str, item: str | None = None) -> dict[str, Any]:
+    """The parameters of one stage: ``params[section]``, or for a ``foreach`` stage the section's
+    ``common`` block merged with ``params[section]['models'][item]``."""
+    if section not in params:
+        raise KeyError(f"params.yaml has no section {section!r}; sections: {sorted(params)}")
+    block = params[section]
+    if item is None:
+        return copy.deepcopy(block)
+    models = block.get("models", {})
+    if item not in models:
+        raise KeyError(f"params.yaml section {section!r} has no entry {item!r} under 'models'; "
+                       f"known: {sorted(models)}")
+    return deep_merge(block.get("common", {}), {**models[item], "model": item})
