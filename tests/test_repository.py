@@ -1,0 +1,100 @@
+"""Repository-level contracts: clean source notebooks, the corpus hash, params and the CLI."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+from medvlp.cli import main as cli_main
+from medvlp.data.dirhash import dvc_dir_hash, dvc_file_hash
+from medvlp.notebooks import notebook_has_outputs, strip_outputs
+from medvlp.params import deep_merge, stage_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_source_notebooks_carry_no_outputs():
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebooks found under notebooks/"
+    dirty = [nb.name for nb in notebooks if notebook_has_outputs(nb)]
+    assert dirty == [], f"strip outputs with `medvlp strip-notebooks notebooks/*.ipynb`: {dirty}"
+
+
+def test_every_notebook_has_one_parameters_cell():
+    for nb_path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(nb_path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb_path.name}: {len(tagged)} cells tagged 'parameters'"
+
+
+def test_strip_outputs_detects_and_removes(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    cell.execution_count = 1
+    nb.cells.append(cell)
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert notebook_has_outputs(path)
+    assert strip_outputs(path) is True
+    assert not notebook_has_outputs(path)
+    assert strip_outputs(path) is False
+
+
+def test_dvc_stages_have_params_sections():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        for p in stage.get("params", []):
+            key = p if isinstance(p, str) else next(iter(p))
+            assert key.split(".")[0] in params, f"stage {name}: params.yaml lacks {key}"
+
+
+def test_stage_params_merges_common_and_item():
+    params = {"pretrain": {"common": {"lr": 1e-3, "opt": {"wd": 0.1, "b": 1}},
+                           "models": {"clip": {"opt": {"wd": 0.2}}}}}
+    got = stage_params(params, "pretrain", "clip")
+    assert got == {"lr": 1e-3, "opt": {"wd": 0.2, "b": 1}, "model": "clip"}
+    with pytest.raises(KeyError, match="no entry 'nope'"):
+        stage_params(params, "pretrain", "nope")
+    with pytest.raises(KeyError, match="no section 'x'"):
+        stage_params(params, "x")
+    assert deep_merge({"a": [1]}, {"a": [2]}) == {"a": [2]}
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def test_dir_hash_matches_dvc_add(tmp_path):
+    """Our hash equals what `dvc add` records, so a regenerated corpus can be verified offline."""
+    import subprocess
+    import sys
+
+    repo = tmp_path / "repo"
+    _write_tree(repo / "data", {"a.txt": b"hello\n", "sub/b.bin": bytes(range(256)), "sub/c/d.json": b"{}"})
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*dvc, "add", "-q", "data"], cwd=repo, check=True)
+    assert dvc_dir_hash(repo / "data") == dvc_file_hash(repo / "data.dvc")
+    (repo / "data" / "a.txt").write_bytes(b"hello!\n")
+    assert dvc_dir_hash(repo / "data") != dvc_file_hash(repo / "data.dvc")
+    assert cli_main(["verify-data", str(repo / "data"), str(repo / "data.dvc")]) == 1
+
+
+@pytest.mark.slow
+def test_regenerated_corpus_matches_data_dvc(tmp_path):
+    """The full default corpus regenerated here is byte-identical to the one data.dvc records."""
+    from medvlp.data.synthetic import generate_corpus
+
+    summary = generate_corpus(tmp_path / "data", progress=False)
+    assert summary["n_figures"] >= 4000 and summary["n_studies"] >= 600
+    assert dvc_dir_hash(tmp_path / "data") == dvc_file_hash(REPO / "data.dvc")
+    size = sum(p.stat().st_size for p in (tmp_path / "data").rglob("*") if p.is_file())
+    assert size <= 300 * 2**20, f"corpus is {size / 2**20:.0f} MiB, over the 300 MiB budget"
+    corpus = json.loads((tmp_path / "data" / "corpus.json").read_text())
+    assert corpus["seed"] == summary["seed"]
