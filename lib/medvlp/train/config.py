@@ -1,0 +1,290 @@
+"""Training configuration: the known model recipes and the parsed ``pretrain`` parameters.
+
+``params.yaml`` has a ``pretrain`` section with a ``common`` block and one entry per model under
+``models``; ``medvlp.params.stage_params(params, "pretrain", name)`` merges them into the flat dict
+that :meth:`TrainConfig.from_params` reads (``model`` = the entry's name).
+
+A *recipe* says what a model name means: the ``medvlp.models`` preset to build and the default
+settings of each training stage (task, loss, freezing). An entry may name another recipe
+(``recipe: clip``) to train a variant under its own name. Stage settings given in ``params.yaml``
+override the recipe's stage of the same index.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+#: 2D modalities of RadCLIP's first stage (radiology only).
+RADIOLOGY_MODALITIES = ("chest_xray", "ct_slice", "brain_mri")
+
+#: image_text: 2D figure-caption pairs; volume_text: one embedding per CT volume vs its report;
+#: anatomy_text: fVLM's per-anatomy embeddings vs per-anatomy report texts.
+TASKS = {"image_text": "figures", "volume_text": "ct", "anatomy_text": "ct"}
+#: Tasks each model kind can train.
+KIND_TASKS = {"dual_encoder": ("image_text",), "radclip": ("image_text", "volume_text"),
+              "ct_global": ("volume_text",), "fvlm": ("anatomy_text",)}
+#: Model parts a stage may freeze (attribute names; absent ones are ignored for that model).
+FREEZABLE = {
+    "image": ("image",),
+    "text": ("text",),
+    "volume": ("volume", "volume_proj"),
+    "anatomy_pool": ("pool",),
+    "slice_pool": ("slice_pool", "volume_proj"),
+    "concept_heads": ("image_proj", "text_proj", "concept_logit_scale", "concept_logit_bias"),
+    "logit_scale": ("logit_scale", "logit_bias"),
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """preset: the ``medvlp.models`` preset; stages: default settings of each stage."""
+
+    preset: str
+    stages: tuple[dict, ...]
+    description: str
+
+
+_RADCLIP_STAGES = (
+    {"name": "2d", "task": "image_text", "loss": "contrastive", "modalities": list(RADIOLOGY_MODALITIES),
+     "freeze": ["text"]},
+    {"name": "slice_pooling", "task": "volume_text", "loss": "contrastive", "freeze": ["text", "image"]},
+)
+
+RECIPES: dict[str, Recipe] = {
+    "clip": Recipe("clip", ({"task": "image_text", "loss": "contrastive"},),
+                   "2D image-text, softmax InfoNCE (IT-Align baseline)"),
+    "siglip": Recipe("siglip", ({"task": "image_text", "loss": "sigmoid"},),
+                     "2D image-text, sigmoid loss (ConceptCLIP IT-Align alone)"),
+    "conceptclip": Recipe("conceptclip", (
+        {"name": "it_align", "task": "image_text", "loss": "sigmoid", "pc_align_weight": 0.0},
+        {"name": "it_pc_align", "task": "image_text", "loss": "sigmoid", "pc_align_weight": 0.5},
+    ), "ConceptCLIP: IT-Align, then IT-Align + 0.5 PC-Align"),
+    "ct_clip_global": Recipe("ct_clip_global", ({"task": "volume_text", "loss": "contrastive"},),
+                             "3D global embedding vs the full report (CT-CLIP-style baseline)"),
+    "fvlm": Recipe("fvlm", ({"task": "anatomy_text", "calibrate": True},),
+                   "fVLM anatomy-level alignment with false-negative calibration"),
+    "fvlm_nocal": Recipe("fvlm", ({"task": "anatomy_text", "calibrate": False},),
+                         "fVLM anatomy-level alignment without calibration (ablation)"),
+    "radclip": Recipe("radclip", _RADCLIP_STAGES,
+                      "RadCLIP: 2D radiology CLIP, then attention slice pooling on CT volume-report pairs"),
+    "radclip_meanpool": Recipe("radclip_meanpool", _RADCLIP_STAGES,
+                               "RadCLIP with mean slice pooling (ablation)"),
+}
+KNOWN_MODELS = tuple(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)} "
+                         "(or give the entry a 'recipe: <known model>' key)")
+    return RECIPES[name]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One training stage.
+
+    steps: optimiser steps. task: ``image_text`` | ``volume_text`` | ``anatomy_text``.
+    loss: ``contrastive`` (softmax InfoNCE) or ``sigmoid`` (image_text / volume_text).
+    pc_align_weight: lambda of PC-Align (0 = off; the concept heads are then frozen).
+    calibrate: fVLM false-negative calibration (normal pairs + identical texts).
+    modalities: keep only figures of these modalities (None = all).
+    freeze: model parts frozen in this stage (keys of ``FREEZABLE``).
+    lr, warmup_steps: this stage's peak learning rate / warm-up (None = the ``optimizer`` block's).
+    global_batch_size: this stage's global batch (None = the run's).
+    """
+
+    steps: int
+    task: str
+    name: str = ""
+    loss: str = "contrastive"
+    pc_align_weight: float = 0.0
+    calibrate: bool = True
+    modalities: tuple[str, ...] | None = None
+    freeze: tuple[str, ...] = ()
+    lr: float | None = None
+    warmup_steps: int | None = None
+    global_batch_size: int | None = None
+
+    @property
+    def collection(self) -> str:
+        return TASKS[self.task]
+
+    @classmethod
+    def parse(cls, raw: dict, where: str) -> StageConfig:
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; allowed: {sorted(allowed)}")
+        if "steps" not in raw:
+            raise ValueError(f"{where}: 'steps' is required")
+        values = dict(raw)
+        if not isinstance(values["steps"], int) or values["steps"] < 1:
+            raise ValueError(f"{where}: steps must be a positive integer, got {values['steps']!r}")
+        if values.get("task") not in TASKS:
+            raise ValueError(f"{where}: task must be one of {sorted(TASKS)}, got {values.get('task')!r}")
+        if values.get("loss", "contrastive") not in ("contrastive", "sigmoid"):
+            raise ValueError(f"{where}: loss must be 'contrastive' or 'sigmoid', got {values['loss']!r}")
+        bad = sorted(set(values.get("freeze") or ()) - set(FREEZABLE))
+        if bad:
+            raise ValueError(f"{where}: cannot freeze {bad}; freezable parts: {sorted(FREEZABLE)}")
+        values["freeze"] = tuple(values.get("freeze") or ())
+        if values.get("modalities") is not None:
+            values["modalities"] = tuple(values["modalities"])
+        if float(values.get("pc_align_weight", 0.0)) < 0:
+            raise ValueError(f"{where}: pc_align_weight must be >= 0")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of one pre-training run (the flat ``pretrain`` params of one model).
+
+    See ``params.yaml`` (section ``pretrain``) for the meaning of each key; the defaults below are
+    the library's, used for keys that ``params.yaml`` leaves out.
+    """
+
+    model: str
+    stages: tuple[StageConfig, ...]
+    recipe: str
+    architecture: dict = field(default_factory=dict)
+    curated_dir: str = "reports/curated"
+    out_dir: str = "reports/pretrain/{model}"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    global_batch_size: int = 32
+    grad_accum_steps: int = 1
+    num_workers: int = 0
+    shuffle_buffer: int = 1000
+    optimizer: dict = field(default_factory=lambda: dict(OPTIMIZER_DEFAULTS))
+    grad_clip_norm: float | None = 1.0
+    val_every: int = 100
+    val_max_samples: int = 256
+    checkpoint_every: int = 100
+    grad_checkpointing: bool = False
+    compile: bool = False
+    resume: Any = "auto"
+    loss_chunk_size: Any = "auto"
+    init_open_clip: str | None = None
+    image_augment: dict = field(default_factory=lambda: dict(IMAGE_AUGMENT_DEFAULTS))
+    volume: dict = field(default_factory=lambda: dict(VOLUME_DEFAULTS))
+    report_sections: tuple[str, ...] = ("impression", "findings")
+
+    @classmethod
+    def from_params(cls, params: dict) -> TrainConfig:
+        """Parse the flat params of one model (``stage_params(params, "pretrain", name)``).
+
+        Raises:
+            ValueError: unknown model/recipe (listing the known ones), unknown keys, bad values.
+        """
+        raw = copy.deepcopy(dict(params))
+        if "model" not in raw:
+            raise ValueError(f"pretrain params: 'model' is missing; known models: {', '.join(KNOWN_MODELS)}")
+        name = raw["model"]
+        recipe_name = raw.pop("recipe", None) or name
+        recipe = get_recipe(recipe_name)
+        allowed = {f.name for f in fields(cls)} - {"recipe"}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise ValueError(f"pretrain params of {name!r}: unknown keys {unknown}; "
+                             f"allowed: {sorted(allowed)}")
+        user_stages = raw.pop("stages", None)
+        if not user_stages:
+            raise ValueError(f"pretrain params of {name!r}: 'stages' is required, a list of "
+                             f"{len(recipe.stages)} stage(s) each with at least 'steps'")
+        if len(user_stages) != len(recipe.stages) and len(recipe.stages) > 1:
+            raise ValueError(f"pretrain params of {name!r}: recipe {recipe_name!r} has {len(recipe.stages)} "
+                             f"stages ({recipe.description}); params give {len(user_stages)}")
+        stages = tuple(
+            StageConfig.parse({**recipe.stages[min(i, len(recipe.stages) - 1)], **(s or {})},
+                              f"pretrain params of {name!r}, stage {i}")
+            for i, s in enumerate(user_stages))
+        for key, defaults in (("optimizer", OPTIMIZER_DEFAULTS), ("image_augment", IMAGE_AUGMENT_DEFAULTS),
+                              ("volume", VOLUME_DEFAULTS)):
+            given = raw.get(key) or {}
+            bad = sorted(set(given) - set(defaults))
+            if bad:
+                raise ValueError(f"pretrain params of {name!r}: {key}: unknown keys {bad}; "
+                                 f"allowed: {sorted(defaults)}")
+            raw[key] = {**defaults, **given}
+        if "report_sections" in raw:
+            raw["report_sections"] = tuple(raw["report_sections"])
+        raw["out_dir"] = str(raw.get("out_dir", cls.out_dir)).format(model=name)
+        cfg = cls(stages=stages, recipe=recipe_name, **raw)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        where = f"pretrain params of {self.model!r}"
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"{where}: precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.resume not in ("auto", True, False):
+            raise ValueError(f"{where}: resume must be 'auto', true or false, got {self.resume!r}")
+        for key in ("global_batch_size", "grad_accum_steps", "val_every", "checkpoint_every"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{where}: {key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.num_workers < 0:
+            raise ValueError(f"{where}: num_workers must be >= 0")
+        from medvlp.models.configs import PRESETS
+
+        kind = self.architecture.get("kind") or PRESETS[self.preset]["kind"]
+        for i, stage in enumerate(self.stages):
+            if stage.task not in KIND_TASKS[kind]:
+                raise ValueError(f"{where}, stage {i}: task {stage.task!r} cannot train a {kind!r} model "
+                                 f"(it trains {list(KIND_TASKS[kind])})")
+            if stage.pc_align_weight > 0 and self.preset != "conceptclip" and \
+                    not self.architecture.get("concept_heads"):
+                raise ValueError(f"{where}, stage {i}: pc_align_weight needs a model with concept heads "
+                                 "(recipe conceptclip or architecture.concept_heads: true)")
+
+    @property
+    def preset(self) -> str:
+        return RECIPES[self.recipe].preset
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def to_dict(self) -> dict:
+        """Plain-Python view (for run_info.json and checkpoints)."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        out["stages"] = [{f.name: getattr(s, f.name) for f in fields(s)} for s in self.stages]
+        return _plain(out)
+
+
+OPTIMIZER_DEFAULTS: dict[str, Any] = {
+    "lr": 5e-4,
+    "weight_decay": 0.2,
+    "betas": [0.9, 0.98],
+    "eps": 1e-6,
+    "warmup_steps": 50,
+    "min_lr_ratio": 0.0,
+}
+IMAGE_AUGMENT_DEFAULTS: dict[str, Any] = {
+    "scale": [0.8, 1.0],
+    "ratio": [0.75, 1.3333],
+    "hflip_prob": 0.0,
+    "vflip_prob": 0.0,
+    "brightness": 0.1,
+    "contrast": 0.1,
+}
+VOLUME_DEFAULTS: dict[str, Any] = {
+    "spatial_size": None,
+    "hu_window": [-1150.0, 350.0],
+    "pixdim": None,
+    "flip_prob": 0.0,
+    "flip_axes": [0],
+    "slice_stride": 1,
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,635 @@
+"""The trainer: one loop for every model and stage.
+
+Per optimiser step: ``grad_accum_steps`` micro-batches per rank (DDP synchronises the gradients on
+the last one only), autocast (bf16 on CUDA, fp32 on CPU; fp16 with a gradient scaler on request),
+gradient clipping, AdamW, the warm-up + cosine schedule, logit scales clamped as in open_clip.
+Rank 0 writes a CSV row per step (every loss term averaged over ranks, lr, samples/s), evaluates the
+validation split every ``val_every`` steps and at the end of each stage, keeps ``best.pt`` (lowest
+validation loss of the current stage), and writes ``last.pt`` every ``checkpoint_every`` steps and
+at the end of each stage. ``train`` resumes from ``last.pt`` exactly: same weights, optimiser,
+schedule, random-number generators and data position as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from medvlp.lexicon import load_anatomy_lexicon
+from medvlp.models import FVLM, build_model, count_parameters, load_open_clip_weights
+from medvlp.models.configs import DEFAULT_VIT3D
+from medvlp.train.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    optimizer_state_to_cpu,
+    save_checkpoint,
+    save_weights,
+)
+from medvlp.train.config import FREEZABLE, RECIPES, StageConfig, TrainConfig
+from medvlp.train.data import (
+    FigureItems,
+    SampleRef,
+    ShardStream,
+    VolumeItems,
+    filter_by_modality,
+    find_shards,
+    index_shards,
+    make_loader,
+)
+from medvlp.train.determinism import capture_rng_state, restore_rng_state, seed_everything, set_determinism
+from medvlp.train.distributed import (
+    DistContext,
+    all_reduce_mean,
+    gather_objects,
+    init_distributed,
+    micro_batch_size,
+    shutdown_distributed,
+)
+from medvlp.train.optim import build_optimizer, build_scheduler, clamp_logit_scales
+from medvlp.train.runlog import (
+    CSVLog,
+    describe_device,
+    git_revision,
+    package_versions,
+    read_csv,
+    utc_now,
+    write_json,
+)
+from medvlp.train.steps import TERM_NAMES, LossModule
+from medvlp.train.transforms import ImageTransform, VolumeTransform
+
+TRAIN_LOG = "train_log.csv"
+VAL_LOG = "val_log.csv"
+RUN_INFO = "run_info.json"
+#: Validation batches are kept in memory when they take less than this (else streamed each time).
+VAL_CACHE_BYTES = 256 * 2**20
+#: Settings that may change between a run and its resume without changing the result.
+RESUME_NEUTRAL_KEYS = ("num_workers", "out_dir", "resume", "val_every", "checkpoint_every", "device",
+                       "val_max_samples")
+
+
+class StopTraining(Exception):
+    """Raise from a ``callback`` to stop a run at once (as if it were killed)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a run leaves behind (paths under ``out_dir``) and its final numbers.
+
+    final_losses: the last step's loss terms (averaged over ranks). final_val: the last validation
+    terms (None without a validation split).
+    """
+
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    train_log: Path
+    val_log: Path
+    run_info: Path
+    final_losses: dict[str, float]
+    final_val: dict[str, float] | None
+    steps: int
+    elapsed_s: float
+
+
+def train(params: dict | TrainConfig, *, out_dir: str | Path | None = None, progress: bool = True,
+          callback: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    """Pre-train one model as ``params`` say, in this process (one rank of a torchrun job, or alone).
+
+    Args:
+        params: the flat ``pretrain`` params of one model (``medvlp.params.stage_params(params,
+            "pretrain", name)``) or a parsed :class:`TrainConfig`.
+        out_dir: where checkpoints and logs go (default: ``params["out_dir"]``).
+        progress: show a tqdm progress bar (rank 0).
+        callback: called on every rank after every optimiser step with the logged row (a dict with
+            ``step``, ``stage``, ``loss``, ...); raise :class:`StopTraining` to stop.
+
+    Returns:
+        :class:`TrainResult`.
+    """
+    cfg = params if isinstance(params, TrainConfig) else TrainConfig.from_params(params)
+    trainer = Trainer(cfg, out_dir=out_dir, progress=progress, callback=callback)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
+# ------------------------------------------------------------------------------------- model set-up
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """Recompute transformer blocks in the backward pass: open_clip towers via their own switch,
+    MONAI ViT blocks by checkpointing each block's forward (module names unchanged)."""
+    from monai.networks.nets import ViT
+
+    for module in model.modules():
+        if module is not model and hasattr(module, "set_grad_checkpointing"):
+            module.set_grad_checkpointing(True)
+        if isinstance(module, ViT):
+            for block in module.blocks:
+                forward = block.forward
+                block.forward = functools.partial(torch.utils.checkpoint.checkpoint, forward,
+                                                  use_reentrant=False)
+
+
+def compile_towers(model: nn.Module) -> None:
+    """``torch.compile`` the towers in place (``nn.Module.compile``: parameter names unchanged)."""
+    for name in ("image", "text", "volume"):
+        tower = getattr(model, name, None)
+        if isinstance(tower, nn.Module):
+            tower.compile()
+
+
+def freeze_for_stage(model: nn.Module, stage: StageConfig) -> list[str]:
+    """Set ``requires_grad`` for a stage: everything trains except the parts in ``stage.freeze`` and
+    the parts the stage does not use (concept heads without PC-Align, slice pooling in 2D stages).
+    Returns the frozen attribute names."""
+    parts = set(stage.freeze)
+    if stage.task == "image_text":
+        if stage.pc_align_weight == 0:
+            parts.add("concept_heads")
+        parts.add("slice_pool")
+    frozen = []
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for part in sorted(parts):
+        for attr in FREEZABLE[part]:
+            target = getattr(model, attr, None)
+            if isinstance(target, nn.Module | nn.Parameter):
+                target.requires_grad_(False)
+            else:
+                continue
+            frozen.append(attr)
+    return frozen
+
+
+def _precision(cfg: TrainConfig, device: torch.device) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def optimizer_step(wrapped: nn.Module, micro_batches: Iterator[dict[str, torch.Tensor]],
+                   optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                   scaler: torch.amp.GradScaler, trainable: list[nn.Parameter], *, grad_accum_steps: int = 1,
+                   grad_clip_norm: float | None = None, amp_dtype: torch.dtype | None = None,
+                   distributed: bool = False) -> tuple[dict[str, torch.Tensor], float, torch.Tensor | None]:
+    """One optimiser step of the trainer (what ``bench/train_throughput.py`` times).
+
+    For each of ``grad_accum_steps`` micro-batches: ``wrapped(batch)`` (a :class:`LossModule`, maybe
+    inside DDP) under autocast, backward of ``loss / grad_accum_steps`` (DDP synchronises on the last
+    micro-batch only). Then unscale (fp16), clip the gradient norm, step the optimiser and the
+    schedule, clear the gradients and clamp the logit scales.
+
+    Returns:
+        (loss terms averaged over the micro-batches (detached 0-dim tensors, this rank), the learning
+        rate this step used, the gradient norm before clipping or None).
+    """
+    wrapped.train()
+    sums: dict[str, torch.Tensor] = {}
+    device_type = trainable[0].device.type
+    for micro in range(grad_accum_steps):
+        batch = next(micro_batches)
+        last = micro == grad_accum_steps - 1
+        no_sync = wrapped.no_sync() if distributed and not last else contextlib.nullcontext()
+        with no_sync:
+            with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                terms = wrapped(batch)
+            scaler.scale(terms["loss"] / grad_accum_steps).backward()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / grad_accum_steps
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip_norm) if grad_clip_norm else None
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    clamp_logit_scales(_inner_model(wrapped))
+    return sums, lr, grad_norm
+
+
+def _inner_model(wrapped: nn.Module) -> nn.Module:
+    inner = getattr(wrapped, "module", wrapped)
+    return getattr(inner, "model", inner)
+
+
+# ----------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Holds one run's state; :func:`train` is the entry point."""
+
+    def __init__(self, cfg: TrainConfig, *, out_dir: str | Path | None = None, progress: bool = True,
+                 callback: Callable[[dict[str, Any]], None] | None = None):
+        self.cfg, self.callback = cfg, callback
+        self.out_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
+        self.ctx: DistContext = init_distributed(cfg.device)
+        self._pbar = None
+        try:
+            self._setup(cfg, progress)
+        except BaseException:
+            shutdown_distributed(self.ctx)
+            raise
+
+    def _setup(self, cfg: TrainConfig, progress: bool) -> None:
+        for stage in cfg.stages:  # fail early on an indivisible batch of any stage
+            micro_batch_size(self.batch_size(stage), self.ctx.world_size, cfg.grad_accum_steps)
+        self.progress = progress and self.ctx.is_main
+        self._index_cache: dict[tuple, tuple[list[Path], list[SampleRef]] | None] = {}
+        # fail on missing data before building anything
+        for stage in cfg.stages:
+            self._index(stage.collection, "train", stage.modalities)
+
+        set_determinism(cfg.deterministic)
+        seed_everything(cfg.seed)
+        self.device = self.ctx.device
+        self.model = build_model(cfg.preset, **cfg.architecture)
+        if cfg.init_open_clip:
+            load_open_clip_weights(self.model, cfg.init_open_clip)
+        self.model.to(self.device)
+        if cfg.grad_checkpointing:
+            enable_grad_checkpointing(self.model)
+        if cfg.compile:
+            compile_towers(self.model)
+        self.loss_module = LossModule(self.model, cfg.loss_chunk_size, int(cfg.volume["slice_stride"]))
+        self.precision = _precision(cfg, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.terms = self._term_names()
+        self.train_log = CSVLog(self.out_dir / TRAIN_LOG,
+                                ["step", "stage", "epoch", "samples", "lr", "loss", *self.terms,
+                                 "logit_scale", "grad_norm", "samples_per_s", "elapsed_s"])
+        self.val_log = CSVLog(self.out_dir / VAL_LOG,
+                              ["step", "stage", "val_loss", *[f"val_{t}" for t in self.terms], "val_samples"])
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_val: float | None = None
+        self.last_row: dict[str, Any] = {}
+        self.last_val: dict[str, float] | None = None
+        self.resumed_from: list[int] = []
+        self._val_cache: dict[int, Iterable[dict[str, torch.Tensor]] | None] = {}
+
+    # ------------------------------------------------------------------ data
+    def batch_size(self, stage: StageConfig) -> int:
+        """Global batch of a stage: its own ``global_batch_size`` or the run's."""
+        return stage.global_batch_size or self.cfg.global_batch_size
+
+    def _index(self, collection: str, split: str, modalities) -> tuple[list[Path], list[SampleRef]] | None:
+        key = (collection, split, modalities)
+        if key not in self._index_cache:
+            try:
+                paths = find_shards(self.cfg.curated_dir, collection, split)
+            except FileNotFoundError:
+                if split == "train":
+                    raise
+                self._index_cache[key] = None
+                return None
+            refs = index_shards(paths)
+            if modalities is not None:
+                refs = filter_by_modality(paths, refs, modalities)
+                if not refs and split == "train":
+                    raise ValueError(f"no {split} figure in {self.cfg.curated_dir} has a modality in "
+                                     f"{list(modalities)}; check the stage's 'modalities'")
+            self._index_cache[key] = (paths, refs) if refs else None
+            if split == "train" and not refs:
+                raise ValueError(f"the {collection} {split} shards under {self.cfg.curated_dir} hold no "
+                                 "sample")
+        return self._index_cache[key]
+
+    def _make_item(self, stage: StageConfig) -> FigureItems | VolumeItems:
+        """Decoding + transforms of the stage's samples (random augmentation only when the stream
+        passes a generator, i.e. in training)."""
+        text_cfg = self.model.config["clip_model"]["text_cfg"]
+        if stage.task == "image_text":
+            size = self.model.image.image_size[0]
+            aug = self.cfg.image_augment
+            transform = ImageTransform(size, scale=aug["scale"], ratio=aug["ratio"],
+                                       hflip_prob=aug["hflip_prob"], vflip_prob=aug["vflip_prob"],
+                                       brightness=aug["brightness"], contrast=aug["contrast"])
+            return FigureItems(transform, text_cfg, with_concepts=stage.pc_align_weight > 0)
+        vol = self.cfg.volume
+        size = vol["spatial_size"] or self.model.config.get("vit3d", DEFAULT_VIT3D)["img_size"]
+        transform = VolumeTransform(size, hu_window=vol["hu_window"], pixdim=vol["pixdim"],
+                                    flip_prob=vol["flip_prob"], flip_axes=vol["flip_axes"])
+        anatomies = None
+        if stage.task == "anatomy_text":
+            if not isinstance(self.model, FVLM):
+                raise ValueError(f"task anatomy_text needs an fvlm model, not {type(self.model).__name__}")
+            by_label = {a.label: a.id for a in load_anatomy_lexicon().anatomies}
+            anatomies = [by_label[label] for label in self.model.anatomy_labels]
+        return VolumeItems(transform, text_cfg, with_report=stage.task == "volume_text",
+                           report_sections=self.cfg.report_sections, anatomies=anatomies)
+
+    def _train_batches(self, s_idx: int, stage: StageConfig, start_step: int) -> Iterator[dict]:
+        paths, refs = self._index(stage.collection, "train", stage.modalities)
+        micro = micro_batch_size(self.batch_size(stage), self.ctx.world_size, self.cfg.grad_accum_steps)
+        stream = ShardStream(paths, refs, self._make_item(stage), micro_batch=micro,
+                             rank=self.ctx.rank, world_size=self.ctx.world_size, seed=self.cfg.seed,
+                             stage=s_idx, shuffle=True, shuffle_buffer=self.cfg.shuffle_buffer,
+                             start=start_step * self.batch_size(stage))
+        self.epoch_size = stream.epoch_size
+        loader = make_loader(stream, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
+        return iter(loader)
+
+    def _val_batches(self, s_idx: int, stage: StageConfig) -> Iterable[dict] | None:
+        """The stage's validation batches (fixed order, no augmentation), or None without a val split.
+
+        ``min(val_max_samples, N_val)`` samples in global batches of the stage's size (smaller when the
+        split is), split over the ranks like training batches. Batches are kept in memory after the
+        first pass when they take less than ``VAL_CACHE_BYTES``, else streamed again each time.
+        """
+        if s_idx in self._val_cache:
+            return self._val_cache[s_idx]
+        index = self._index(stage.collection, "val", stage.modalities)
+        loader = None
+        if index is not None:
+            paths, refs = index
+            world = self.ctx.world_size
+            n = min(self.cfg.val_max_samples, len(refs))
+            per_batch = min(self.batch_size(stage), n // world * world)
+            if per_batch >= 2 * world:
+                stream = ShardStream(paths, refs, self._make_item(stage), micro_batch=per_batch // world,
+                                     rank=self.ctx.rank, world_size=world, shuffle=False,
+                                     limit=n // per_batch * per_batch, augment=False)
+                loader = make_loader(stream, self.cfg.num_workers)
+        if loader is None:
+            self._log(f"stage {s_idx}: no usable {stage.collection} validation split; best.pt will be the "
+                      "final weights")
+            self._val_cache[s_idx] = None
+            return None
+        batches, size = [], 0
+        for batch in loader:
+            size += sum(t.numel() * t.element_size() for t in batch.values())
+            if size > VAL_CACHE_BYTES:
+                self._val_cache[s_idx] = loader
+                return loader
+            batches.append(batch)
+        self._val_cache[s_idx] = batches
+        return batches
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _term_names(self) -> list[str]:
+        names: list[str] = []
+        for stage in self.cfg.stages:
+            for t in TERM_NAMES[stage.task]:
+                if t == "pc_align" and stage.pc_align_weight == 0:
+                    continue
+                if t not in names:
+                    names.append(t)
+        return names
+
+    def _log(self, msg: str) -> None:
+        if not self.ctx.is_main:
+            return
+        if self._pbar is not None:
+            self._pbar.write(msg)
+        elif self.progress:
+            print(msg, flush=True)
+
+    def _train_state(self, s_idx: int, stage_step: int) -> dict[str, Any]:
+        rng_states = gather_objects(capture_rng_state(), self.ctx)
+        return {
+            "step": self.step, "stage": s_idx, "stage_step": stage_step,
+            "data_position": self._data_position(s_idx, stage_step),
+            "optimizer": optimizer_state_to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": optimizer_state_to_cpu(self.scaler.state_dict()),
+            "rng": rng_states, "world_size": self.ctx.world_size,
+            "best_val": self.best_val, "elapsed_s": self.elapsed, "config": self.cfg.to_dict(),
+            "resumed_from": list(self.resumed_from),
+        }
+
+    def _data_position(self, s_idx: int, stage_step: int) -> dict[str, int]:
+        """Samples of the stage's stream consumed after ``stage_step`` steps, as (epoch, offset)."""
+        samples = stage_step * self.batch_size(self.cfg.stages[s_idx])
+        epoch, offset = divmod(samples, self.epoch_size)
+        return {"stage": s_idx, "samples": samples, "epoch": epoch, "offset": offset,
+                "epoch_size": self.epoch_size}
+
+    def _save_last(self, s_idx: int, stage_step: int) -> None:
+        state = self._train_state(s_idx, stage_step)  # collective: every rank
+        if self.ctx.is_main:
+            save_checkpoint(self.out_dir / LAST, self.model, state,
+                            extra={"step": self.step, "stage": s_idx, "model": self.cfg.model,
+                                   "train_loss": self.last_row.get("loss")})
+
+    def _write_run_info(self, status: str) -> None:
+        if not self.ctx.is_main:
+            return
+        cfg = self.cfg
+        info = {
+            "status": status, "model": cfg.model, "recipe": cfg.recipe,
+            "description": RECIPES[cfg.recipe].description, "params": cfg.to_dict(),
+            "model_config": self.model.config,
+            "parameters": {"total": count_parameters(self.model)},
+            "git": git_revision(Path(__file__).resolve().parent), "versions": package_versions(),
+            "device": describe_device(self.device, self.ctx.world_size), "precision": self.precision,
+            "global_batch_size_per_stage": [self.batch_size(s) for s in cfg.stages],
+            "steps_done": self.step, "total_steps": cfg.total_steps, "elapsed_s": round(self.elapsed, 3),
+            "resumed_from_steps": self.resumed_from, "final_losses": self._final_losses(),
+            "final_val": self.last_val, "best_val_loss": self.best_val, "updated": utc_now(),
+            "files": {"last": LAST, "best": BEST, "train_log": TRAIN_LOG, "val_log": VAL_LOG},
+        }
+        rows = read_csv(self.out_dir / TRAIN_LOG) if (self.out_dir / TRAIN_LOG).is_file() else []
+        rates = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
+        info["mean_samples_per_s"] = sum(rates) / len(rates) if rates else None
+        write_json(self.out_dir / RUN_INFO, info)
+
+    def _final_losses(self) -> dict[str, float]:
+        return {k: float(self.last_row[k]) for k in ["loss", *self.terms] if self.last_row.get(k, "") != ""}
+
+    # ------------------------------------------------------------------ resume
+    def _load_resume(self) -> dict[str, Any] | None:
+        path = self.out_dir / LAST
+        if self.cfg.resume is False or (self.cfg.resume == "auto" and not path.is_file()):
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"resume: true but {str(path)!r} does not exist; "
+                                    "set resume: auto or false")
+        payload = load_checkpoint(path)
+        self.model.load_state_dict(payload["state_dict"], strict=True)
+        state = payload["train_state"]
+        old, new = state.get("config", {}), self.cfg.to_dict()
+        changed = sorted(k for k in set(old) | set(new)
+                         if old.get(k) != new.get(k) and k not in RESUME_NEUTRAL_KEYS)
+        if changed:
+            self._log(f"warning: resuming {path} with changed settings {changed}; the result will differ "
+                      "from an uninterrupted run")
+        if state["world_size"] != self.ctx.world_size:
+            self._log(f"warning: {path} was written by {state['world_size']} processes, resuming with "
+                      f"{self.ctx.world_size}: random-number streams differ")
+        self.step, self.elapsed, self.best_val = state["step"], state["elapsed_s"], state["best_val"]
+        self.resumed_from = [*state.get("resumed_from", []), self.step]
+        return state
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        state = self._load_resume()
+        if self.ctx.is_main:
+            keep = None if state is None else state["step"]
+            self.train_log.start(keep)
+            self.val_log.start(keep)
+            if state is not None:
+                rows = read_csv(self.out_dir / TRAIN_LOG)
+                self.last_row = dict(rows[-1]) if rows else {}
+        self._write_run_info("running")
+        if state is not None:
+            self._log(f"resuming {cfg.model} from step {self.step} ({self.out_dir / LAST})")
+        self._pbar = tqdm(total=cfg.total_steps, initial=self.step, desc=f"pretrain {cfg.model}", unit="step",
+                          disable=not self.progress, dynamic_ncols=True)
+        for s_idx, stage in enumerate(cfg.stages):
+            start = 0
+            if state is not None:
+                if s_idx < state["stage"]:
+                    continue
+                if s_idx == state["stage"]:
+                    start = state["stage_step"]
+            if start >= stage.steps:
+                continue
+            resume_here = state is not None and s_idx == state["stage"]
+            self._run_stage(s_idx, stage, start, state if resume_here else None)
+            state = None
+        self._pbar.close()
+        self._pbar = None
+        self._finish()
+        self._write_run_info("finished")
+        out = self.out_dir
+        return TrainResult(
+            out_dir=out, last_checkpoint=out / LAST,
+            best_checkpoint=out / BEST if (out / BEST).is_file() else None,
+            train_log=out / TRAIN_LOG, val_log=out / VAL_LOG, run_info=out / RUN_INFO,
+            final_losses=self._final_losses(), final_val=self.last_val, steps=self.step,
+            elapsed_s=self.elapsed)
+
+    def _finish(self) -> None:
+        if self.ctx.is_main and not (self.out_dir / BEST).is_file():
+            save_weights(self.out_dir / BEST, self.model,
+                         extra={"step": self.step, "val_loss": None,
+                                "note": "no validation split: final weights"})
+
+    def _configure_stage(self, s_idx: int, stage: StageConfig, resume_state: dict | None) -> None:
+        opt = self.cfg.optimizer
+        frozen = freeze_for_stage(self.model, stage)
+        self.loss_module.set_stage(stage)
+        self.optimizer = build_optimizer(self.model, lr=stage.lr or opt["lr"],
+                                         weight_decay=opt["weight_decay"], betas=opt["betas"], eps=opt["eps"])
+        warmup = min(opt["warmup_steps"] if stage.warmup_steps is None else stage.warmup_steps, stage.steps)
+        self.scheduler = build_scheduler(self.optimizer, warmup, stage.steps, opt["min_lr_ratio"])
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state["optimizer"])
+            self.scheduler.load_state_dict(resume_state["scheduler"])
+            self.scaler.load_state_dict(resume_state["scaler"])
+        else:
+            self.best_val = None
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.wrapped: nn.Module = self.loss_module
+        if self.ctx.distributed:
+            gc.collect()
+            self.wrapped = DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        n_train = sum(p.numel() for p in self.trainable)
+        self._log(f"stage {s_idx} ({stage.name or stage.task}): {stage.steps} steps, {n_train:,} trainable "
+                  f"parameters" + (f", frozen: {frozen}" if frozen else ""))
+
+    def _run_stage(self, s_idx: int, stage: StageConfig, start: int, resume_state: dict | None) -> None:
+        cfg = self.cfg
+        self._configure_stage(s_idx, stage, resume_state)
+        batches = self._train_batches(s_idx, stage, start)
+        if resume_state is not None:
+            rng = resume_state["rng"]
+            restore_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
+        batch = self.batch_size(stage)
+        t_last = time.perf_counter()
+        for stage_step in range(start + 1, stage.steps + 1):
+            values, lr, grad_norm = self._optimizer_step(batches)
+            self.step += 1
+            now = time.perf_counter()
+            dt = now - t_last
+            self.elapsed += dt
+            row = {"step": self.step, "stage": s_idx,
+                   "epoch": stage_step * batch / self.epoch_size,
+                   "samples": stage_step * batch, "lr": lr, **values,
+                   "logit_scale": float(self.model.logit_scale.detach().exp()), "grad_norm": grad_norm,
+                   "samples_per_s": batch / dt, "elapsed_s": self.elapsed}
+            self.last_row = row
+            if self.ctx.is_main:
+                self.train_log.write(row)
+                self._pbar.update(1)
+                self._pbar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}",
+                                       sps=f"{row['samples_per_s']:.1f}", refresh=False)
+            end_of_stage = stage_step == stage.steps
+            if self.step % cfg.val_every == 0 or end_of_stage:
+                self._validate(s_idx, stage)
+            if self.step % cfg.checkpoint_every == 0 or end_of_stage:
+                self._save_last(s_idx, stage_step)
+            if self.callback is not None:
+                self.callback(dict(row))
+            t_last = time.perf_counter()
+            self.elapsed += t_last - now  # validation and checkpoints count in elapsed_s, not in samples/s
+        del batches
+
+    def _optimizer_step(self, batches: Iterator[dict]) -> tuple[dict[str, float], float, float | str]:
+        """One optimiser step; returns the rank-mean loss terms, the step's learning rate and the
+        gradient norm before clipping ("" without clipping)."""
+        micro_batches = (self._to_device(next(batches)) for _ in range(self.cfg.grad_accum_steps))
+        terms, lr, grad_norm = optimizer_step(
+            self.wrapped, micro_batches, self.optimizer, self.scheduler, self.scaler, self.trainable,
+            grad_accum_steps=self.cfg.grad_accum_steps, grad_clip_norm=self.cfg.grad_clip_norm,
+            amp_dtype=self.amp_dtype, distributed=self.ctx.distributed)
+        values = {k: float(v) for k, v in terms.items()}
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(f"step {self.step + 1}: non-finite loss {values}; lower the learning "
+                                     "rate or use precision: fp32")
+        return all_reduce_mean(values, self.ctx), lr, "" if grad_norm is None else float(grad_norm)
+
+    @torch.no_grad()
+    def _validate(self, s_idx: int, stage: StageConfig) -> None:
+        batches = self._val_batches(s_idx, stage)
+        if batches is None:
+            return
+        self.loss_module.eval()
+        sums: dict[str, float] = {}
+        n_batches = n = 0
+        for batch in batches:
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                terms = self.loss_module(self._to_device(batch))
+            for k, v in all_reduce_mean({k: float(v) for k, v in terms.items()}, self.ctx).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n_batches += 1
+            n += len(next(iter(batch.values()))) * self.ctx.world_size
+        self.loss_module.train()
+        sums = {k: v / n_batches for k, v in sums.items()}
+        self.last_val = sums
+        if self.ctx.is_main:
+            self.val_log.write({"step": self.step, "stage": s_idx, "val_loss": sums["loss"], "val_samples": n,
+                                **{f"val_{k}": v for k, v in sums.items() if k != "loss"}})
+        if self.best_val is None or sums["loss"] < self.best_val:
+            self.best_val = sums["loss"]
+            if self.ctx.is_main:
+                save_weights(self.out_dir / BEST, self.model,
+                             extra={"step": self.step, "stage": s_idx, "val_loss": sums["loss"]})
+
+    def close(self) -> None:
+        if self._pbar is not None:
+            self._pbar.close()
+        shutdown_distributed(self.ctx)

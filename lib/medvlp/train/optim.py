@@ -1,0 +1,84 @@
+"""AdamW with the usual CLIP parameter groups, and the warm-up + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+#: Parameter-name fragments that never get weight decay (besides every parameter with < 2 dims:
+#: biases, norm weights, logit scales and biases): embeddings, learnable queries and positions.
+NO_DECAY_NAME_PARTS = ("embedding", "pos_embed", "cls_token", "queries", "query", "logit_scale", "logit_bias")
+_NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Names of the parameters exempt from weight decay: < 2 dims, inside a norm / embedding module,
+    or named like an embedding, a learnable query/position or a logit scale/bias."""
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            named_exempt = any(k in full for k in NO_DECAY_NAME_PARTS)
+            if p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES) or named_exempt:
+                names.add(full)
+    return names
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: ``decay`` and ``no_decay`` (weight decay 0).
+
+    Groups keep the parameters in ``model.named_parameters()`` order, so the optimiser state of a
+    checkpoint maps back onto the same parameters.
+    """
+    exempt = no_weight_decay_names(model)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1,
+                    betas: Iterable[float] = (0.9, 0.98), eps: float = 1e-6,
+                    fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of ``model`` (see :func:`parameter_groups`).
+
+    ``fused=None`` uses the fused CUDA kernel when every parameter is on a CUDA device.
+    """
+    groups = parameter_groups(model, weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("build_optimizer: the model has no trainable parameter (is every tower frozen?)")
+    if fused is None:
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up from
+    ``1 / warmup_steps`` to 1 over ``warmup_steps`` steps, then cosine decay to ``min_lr_ratio`` at
+    ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                    min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """``LambdaLR`` with :func:`warmup_cosine`; call ``step()`` once after every optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_lr_ratio))
+
+
+@torch.no_grad()
+def clamp_logit_scales(model: nn.Module, max_log_scale: float = math.log(100.0)) -> None:
+    """Clamp every ``*logit_scale`` parameter (stored as log t) to ``[0, log 100]`` in place, as
+    open_clip does after each step (the models also clamp ``exp`` at 100 when they use it)."""
+    for name, p in model.named_parameters():
+        if name.endswith("logit_scale"):
+            p.clamp_(0.0, max_log_scale)

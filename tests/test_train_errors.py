@@ -1,0 +1,73 @@
+"""Bad set-ups fail at once with a message that names the problem and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from medvlp.train import KNOWN_MODELS, TrainConfig, train
+from medvlp.train.__main__ import main
+from medvlp.train.distributed import micro_batch_size
+from test_train_fixtures import tiny_params, write_curated
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory):
+    return write_curated(tmp_path_factory.mktemp("curated"), n_figures=(8, 4), n_studies=(4, 2))
+
+
+def test_unknown_model_lists_the_known_ones(curated, tmp_path):
+    with pytest.raises(ValueError, match="unknown model 'clipp'") as err:
+        train({**tiny_params("clip", curated), "model": "clipp"}, out_dir=tmp_path, progress=False)
+    assert all(name in str(err.value) for name in KNOWN_MODELS)
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        TrainConfig.from_params({**tiny_params("clip", curated), "model": "clip_big", "recipe": "nope"})
+
+
+def test_variant_entry_names_a_recipe(curated):
+    cfg = TrainConfig.from_params({**tiny_params("clip", curated), "model": "clip_big", "recipe": "siglip"})
+    assert cfg.model == "clip_big" and cfg.preset == "siglip" and cfg.stages[0].loss == "sigmoid"
+    assert cfg.out_dir == "reports/pretrain/clip_big"
+
+
+def test_missing_shard_directory_says_run_curate(tmp_path):
+    absent = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError) as err:
+        train(tiny_params("fvlm", absent), out_dir=tmp_path / "out", progress=False)
+    msg = str(err.value)
+    assert str(absent / "shards" / "ct") in msg and "run the curate stage first: dvc repro curate" in msg
+    assert not (tmp_path / "out").exists()  # nothing written before the data check
+
+
+def test_indivisible_global_batch(curated, tmp_path):
+    with pytest.raises(ValueError, match=r"global_batch_size 6 is not divisible by world_size 1 x "
+                                         r"grad_accum_steps 4 = 4"):
+        train(tiny_params("clip", curated, global_batch_size=6, grad_accum_steps=4), out_dir=tmp_path,
+              progress=False)
+    with pytest.raises(ValueError, match="world_size 3 x grad_accum_steps 2 = 6; .* multiple of 6"):
+        micro_batch_size(32, 3, 2)
+    assert micro_batch_size(48, 3, 2) == 8
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"stages": [{"steps": 2}]}, "recipe 'conceptclip' has 2 stages"),
+    ({"stages": [{"steps": 2}, {"step": 2}]}, r"stage 1: unknown keys \['step'\]"),
+    ({"learning_rate": 1e-3}, r"unknown keys \['learning_rate'\]"),
+    ({"optimizer": {"lr": 1e-3, "warmup": 3}}, r"optimizer: unknown keys \['warmup'\]"),
+    ({"stages": [{"steps": 2, "freeze": ["vision"]}, {"steps": 2}]}, r"cannot freeze \['vision'\]"),
+    ({"precision": "fp8"}, "precision must be"),
+])
+def test_bad_params_are_named(curated, change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_params({**tiny_params("conceptclip", curated), **change})
+
+
+def test_cli_trains_from_params_yaml(curated, tmp_path, capsys):
+    common = tiny_params("siglip", curated, steps=1)
+    common.pop("model")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"pretrain": {"common": common, "models": {"siglip": {}}}}))
+    assert main(["--params", str(params_file), "--model", "siglip", "--out-dir", str(tmp_path / "run"),
+                 "--set", "optimizer.lr=0.0005", "--no-progress"]) == 0
+    assert '"steps": 1' in capsys.readouterr().out and (tmp_path / "run" / "last.pt").is_file()
+    with pytest.raises(KeyError, match="no entry 'clipp'"):
+        main(["--params", str(params_file), "--model", "clipp"])
