@@ -98,3 +98,15 @@ def test_regenerated_corpus_matches_data_dvc(tmp_path):
     assert size <= 300 * 2**20, f"corpus is {size / 2**20:.0f} MiB, over the 300 MiB budget"
     corpus = json.loads((tmp_path / "data" / "corpus.json").read_text())
     assert corpus["seed"] == summary["seed"]
+
+
+def test_readme_results_match_committed_metrics(tmp_path):
+    """README.md's results block is exactly what `medvlp update-readme` renders from reports/metrics."""
+    import shutil
+
+    from medvlp.readme_results import update_readme
+
+    copy = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", copy)
+    changed = update_readme(copy, REPO / "reports" / "metrics")
+    assert changed is False, "README results are stale: run `medvlp update-readme`"

@@ -4,6 +4,7 @@
     medvlp verify-data data/ data.dvc       check data/ against the hash recorded by DVC
     medvlp curate --params params.yaml      run the curation stage without a notebook
     medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
+    medvlp update-readme                    regenerate README.md's results from reports/metrics
     medvlp strip-notebooks notebooks/*.ipynb
 """
 
@@ -56,6 +57,14 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_update_readme(args: argparse.Namespace) -> int:
+    from medvlp.readme_results import update_readme
+
+    changed = update_readme(args.readme, args.metrics)
+    print(f"{args.readme}: {'updated' if changed else 'already current'}")
+    return 0
+
+
 def _cmd_strip(args: argparse.Namespace) -> int:
     from medvlp.notebooks import strip_outputs
 
@@ -96,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--item", default=None, help="foreach item (e.g. the model of a pretrain@<model> stage)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_cmd_notebook)
+
+    p = sub.add_parser("update-readme", help="regenerate README.md's results block from reports/metrics")
+    p.add_argument("--readme", type=Path, default=Path("README.md"))
+    p.add_argument("--metrics", type=Path, default=Path("reports/metrics"))
+    p.set_defaults(func=_cmd_update_readme)
 
     p = sub.add_parser("strip-notebooks", help="remove outputs from source notebooks")
     p.add_argument("notebooks", nargs="+", type=Path)
