@@ -99,8 +99,9 @@ def _inputs(loss: str, size: int, device, patches: int):
 
 
 def _loss_fn(loss: str, impl: str, inp):
-    from medvlp.losses import anatomy_contrastive_loss, concept_alignment_loss, contrastive_loss, sigmoid_loss
     from open_clip.loss import ClipLoss, SigLipLoss
+
+    from medvlp.losses import anatomy_contrastive_loss, concept_alignment_loss, contrastive_loss, sigmoid_loss
 
     chunk = "auto" if impl == "ours" else None
     if loss == "contrastive":

@@ -31,6 +31,7 @@ import statistics
 import time
 
 import torch
+
 from medvlp.models import build_model, get_clip_config, tokenize_with_concepts
 from medvlp.train.config import StageConfig
 from medvlp.train.loop import optimizer_step

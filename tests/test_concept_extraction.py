@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+
 from medvlp.curate.concept_extraction import (
     CLAUSE_TERMINATOR_WORDS,
     POST_NEGATION_CUES,

@@ -8,12 +8,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from medvlp.curate import CorpusError, iter_shard_samples, list_shards, run_curation
-from medvlp.curate.curation_report import counts_table, rejects_table, scores_table, splits_table
-from medvlp.data.io import read_image, read_volume, write_dicom_series
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from medvlp.curate import CorpusError, iter_shard_samples, list_shards, run_curation
+from medvlp.curate.curation_report import counts_table, rejects_table, scores_table, splits_table
+from medvlp.data.io import read_image, read_volume, write_dicom_series
 
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([4.0, 4.0, 5.0, 1.0])

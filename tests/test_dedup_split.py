@@ -3,10 +3,11 @@
 import imagehash
 import numpy as np
 import pytest
+from PIL import Image
+
 from medvlp.curate import dedup
 from medvlp.curate.dedup import deduplicate, hamming_distances, near_pairs, phash64, popcount64, score_dedup
 from medvlp.curate.split import assign_splits, split_of, validate_fractions
-from PIL import Image
 
 FRACTIONS = {"train": 0.75, "val": 0.05, "test": 0.2}
 

@@ -4,6 +4,10 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
 from medvlp.data.io import (
     decode_image_bytes,
     nifti_gz_bytes,
@@ -13,9 +17,6 @@ from medvlp.data.io import (
     volume_from_nifti_bytes,
     write_dicom_series,
 )
-from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss, SigLipLoss
+
 from medvlp.losses import (
     anatomy_contrastive_loss,
     concept_alignment_loss,
@@ -13,7 +15,6 @@ from medvlp.losses import (
     patch_concept_max_logits,
     sigmoid_loss,
 )
-from open_clip.loss import ClipLoss, SigLipLoss
 
 B, D, P = 37, 16, 7
 CHUNKS = [None, 8, 5, 37, 64, "auto"]

@@ -16,8 +16,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from medvlp.losses import concept_alignment_loss, contrastive_loss, fvlm_loss, sigmoid_loss
 from torch.nn.parallel import DistributedDataParallel
+
+from medvlp.losses import concept_alignment_loss, contrastive_loss, fvlm_loss, sigmoid_loss
 
 WORLD = 2
 D_IN, D = 12, 8

@@ -7,6 +7,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
+
 from medvlp.models import (
     build_model,
     get_clip_config,

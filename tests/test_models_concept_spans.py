@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from medvlp.models import build_tokenizer, char_spans_to_token_spans, tokenize_with_concepts
 
 L = 64

@@ -5,9 +5,10 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
+
 from medvlp.curate.records import CorpusError, RejectLog, load_ct_records, load_figure_records
 from medvlp.data.io import write_dicom_series
-from PIL import Image
 
 CAPTION = "Chest X-ray with a small pleural effusion."
 

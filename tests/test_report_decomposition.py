@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from medvlp.curate.report_decomposition import AnatomyAssigner, decompose_report, split_sentences
 from medvlp.lexicon import load_anatomy_lexicon
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+
 from medvlp.cli import main as cli_main
 from medvlp.data.dirhash import dvc_dir_hash, dvc_file_hash
 from medvlp.notebooks import notebook_has_outputs, strip_outputs

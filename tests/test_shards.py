@@ -4,6 +4,7 @@ import tarfile
 
 import numpy as np
 import pytest
+
 from medvlp.curate.shards import (
     encode_png,
     iter_shard_samples,

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+
 from medvlp.data.synthetic import _phantom, _reports
 from medvlp.data.synthetic._shapes import erode_xy
 from medvlp.data.synthetic.ct import AFFINE, BAD_RECORDS, generate_ct, patient_plan

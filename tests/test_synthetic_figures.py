@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage
+
 from medvlp.data.synthetic._render2d import PAINTERS, RGB_MODALITIES, render_panel
 from medvlp.data.synthetic.figures import BAD_RECORD_REASONS, generate_figures
 from medvlp.lexicon import load_concept_lexicon
-from PIL import Image
-from scipy import ndimage
 
 N = 60
 SEED = 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from medvlp.curate.compound_captions import SubCaption, split_compound_caption
 from medvlp.curate.concept_extraction import Mention
 from medvlp.curate.report_decomposition import decompose_report

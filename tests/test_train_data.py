@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_train_fixtures import TINY_CLIP, write_curated
+
 from medvlp.models import build_model
 from medvlp.train.data import (
     ShardStream,
@@ -21,7 +23,6 @@ from medvlp.train.data import (
 from medvlp.train.determinism import capture_rng_state, restore_rng_state
 from medvlp.train.optim import no_weight_decay_names, parameter_groups, warmup_cosine
 from medvlp.train.transforms import ImageTransform, VolumeTransform, foreground_window, volume_to_slices
-from test_train_fixtures import TINY_CLIP, write_curated
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 import yaml
+from test_train_fixtures import tiny_params, write_curated
+
 from medvlp.train import train
 from medvlp.train.runlog import read_csv
-from test_train_fixtures import tiny_params, write_curated
 
 pytestmark = pytest.mark.distributed
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from test_train_fixtures import tiny_params, write_curated
+
 from medvlp.train import KNOWN_MODELS, TrainConfig, train
 from medvlp.train.__main__ import main
 from medvlp.train.distributed import micro_batch_size
-from test_train_fixtures import tiny_params, write_curated
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+
 from medvlp.curate.shards import encode_png, json_bytes, shard_dir, write_shards
 from medvlp.data.io import nifti_gz_bytes
 from medvlp.lexicon import load_anatomy_lexicon

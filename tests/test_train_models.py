@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from test_train_fixtures import TWO_STAGES, tiny_params, write_curated
+
 from medvlp.models import load_model
 from medvlp.train import KNOWN_MODELS, train
 from medvlp.train.runlog import read_csv
-from test_train_fixtures import TWO_STAGES, tiny_params, write_curated
 
 TERMS = {
     "clip": ["it_align"], "siglip": ["it_align"], "conceptclip": ["it_align", "pc_align"],

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from test_train_fixtures import tiny_params, write_curated
+
 from medvlp.train import StopTraining, train
 from medvlp.train.runlog import read_csv
-from test_train_fixtures import tiny_params, write_curated
 
 TIMING = {"samples_per_s", "elapsed_s"}
 
