@@ -3,6 +3,7 @@
     medvlp synth data/                      write the deterministic synthetic corpus
     medvlp verify-data data/ data.dvc       check data/ against the hash recorded by DVC
     medvlp curate --params params.yaml      run the curation stage without a notebook
+    medvlp ingest KIND SRC DST [...]        convert a public dataset into data/ (medvlp.data.ingest)
     medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
     medvlp update-readme                    regenerate README.md's results from reports/metrics
     medvlp strip-notebooks notebooks/*.ipynb
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curate", help="run the curation stage from params.yaml")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_cmd_curate)
+
+    from medvlp.data.ingest.cli import configure_parser as configure_ingest
+    from medvlp.data.ingest.cli import run as run_ingest
+
+    p = configure_ingest(sub.add_parser("ingest", help="convert a public dataset into the source-corpus format"))
+    p.set_defaults(func=run_ingest)
 
     p = sub.add_parser("notebook", help="execute a stage notebook with papermill")
     p.add_argument("source", type=Path)

@@ -1,0 +1,5 @@
+import sys
+
+from medvlp.data.ingest.cli import main
+
+sys.exit(main())
