@@ -76,17 +76,39 @@ class AnatomyAttentionPool(nn.Module):
         self.proj_weight = nn.Parameter(torch.empty(num_anatomies, width, embed_dim).uniform_(-bound, bound))
         self.proj_bias = nn.Parameter(torch.zeros(num_anatomies, embed_dim))
 
-    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """tokens [B, T, W], token_mask [B, A, T] bool -> anatomy embeddings [B, A, E] (normalised)."""
+    def _attention_inputs(self, tokens: torch.Tensor, token_mask: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(has_tokens [B, A], attention mask [B*H, A, T] (True = not allowed), queries [B, A, W])."""
         b, t, _ = tokens.shape
         if token_mask.shape != (b, self.num_anatomies, t):
             raise ValueError(f"token_mask: expected {[b, self.num_anatomies, t]}, "
                              f"got {list(token_mask.shape)}")
-        has_tokens = token_mask.any(dim=-1)  # [B, A]
-        # Empty anatomies attend everywhere (finite softmax) and are zeroed below.
+        has_tokens = token_mask.any(dim=-1)
+        # Empty anatomies attend everywhere (finite softmax); callers zero their rows.
         blocked = ~(token_mask | ~has_tokens.unsqueeze(-1))
-        attn_mask = blocked.repeat_interleave(self.heads, dim=0)  # [B*H, A, T], True = not allowed
+        attn_mask = blocked.repeat_interleave(self.heads, dim=0)
         queries = self.queries.unsqueeze(0).expand(b, -1, -1).to(tokens.dtype)
+        return has_tokens, attn_mask, queries
+
+    def forward(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T, W], token_mask [B, A, T] bool -> anatomy embeddings [B, A, E] (normalised)."""
+        has_tokens, attn_mask, queries = self._attention_inputs(tokens, token_mask)
         pooled, _ = self.attn(queries, tokens, tokens, attn_mask=attn_mask, need_weights=False)  # [B, A, W]
         emb = torch.einsum("baw,awe->bae", pooled, self.proj_weight.to(pooled.dtype)) + self.proj_bias
         return F.normalize(emb, dim=-1) * has_tokens.unsqueeze(-1)
+
+    def attention_weights(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """Head-averaged attention of each anatomy query over the tokens, as ``forward`` computes it.
+
+        Args:
+            tokens: [B, T, W] tokens (as passed to ``forward``).
+            token_mask: [B, A, T] bool, token t belongs to anatomy a.
+
+        Returns:
+            [B, A, T] weights: softmax over anatomy a's own tokens (each row sums to 1), averaged over
+            heads; exactly 0 at tokens outside the mask and on the whole row of an anatomy with no token.
+        """
+        has_tokens, attn_mask, queries = self._attention_inputs(tokens, token_mask)
+        _, weights = self.attn(queries, tokens, tokens, attn_mask=attn_mask, need_weights=True,
+                               average_attn_weights=True)  # [B, A, T]
+        return weights * has_tokens.unsqueeze(-1).to(weights.dtype)

@@ -55,17 +55,38 @@ class FVLM(nn.Module, LogitScalesMixin):
     def tokenize(self, texts: str | list[str]) -> torch.Tensor:
         return self.text.tokenize(texts)
 
-    def encode_volume(self, volume: torch.Tensor, label_map: torch.Tensor) -> AnatomyOutput:
-        """volume [B, C, X, Y, Z], label_map [B, X, Y, Z] -> AnatomyOutput([B, A, E], valid, token_mask)."""
+    def _pool_inputs(self, volume: torch.Tensor, label_map: torch.Tensor):
+        """(AnatomyMasks, tokens of every depth [B, D*N, W], their anatomy mask [B, A, D*N])."""
         if label_map.shape[0] != volume.shape[0] or tuple(label_map.shape[1:]) != tuple(volume.shape[2:]):
             raise ValueError(f"label_map {list(label_map.shape)} must be [B, X, Y, Z] of volume "
                              f"{list(volume.shape)}")
         masks = anatomy_token_masks(label_map, self.volume.patch_size, self.anatomy_labels)
         tokens = self.volume(volume)  # [B, D, N, W]
         b, d, n, w = tokens.shape
-        depth_mask = masks.token_mask.repeat(1, 1, d)  # [B, A, D*N], index = depth * N + token
-        emb = self.pool(tokens.reshape(b, d * n, w), depth_mask)
+        depth_mask = masks.token_mask.repeat(1, 1, d)  # index = depth * N + token
+        return masks, tokens.reshape(b, d * n, w), depth_mask
+
+    def encode_volume(self, volume: torch.Tensor, label_map: torch.Tensor) -> AnatomyOutput:
+        """volume [B, C, X, Y, Z], label_map [B, X, Y, Z] -> AnatomyOutput([B, A, E], valid, token_mask)."""
+        masks, tokens, depth_mask = self._pool_inputs(volume, label_map)
+        emb = self.pool(tokens, depth_mask)
         return AnatomyOutput(emb, masks.valid, masks.token_mask)
+
+    def anatomy_attention(self, volume: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+        """Attention of each anatomy query over the pooled tokens, on the token grid of every depth.
+
+        Args:
+            volume: [B, C, X, Y, Z], as for ``encode_volume``.
+            label_map: [B, X, Y, Z] integer labels.
+
+        Returns:
+            [B, A, D, gx, gy, gz] head-averaged weights (``AnatomyAttentionPool.attention_weights``):
+            anatomy a's weights sum to 1 over its tokens of all D = len(token_depths) depths together,
+            zeros outside its tokens and for anatomies absent from the label map.
+        """
+        _, tokens, depth_mask = self._pool_inputs(volume, label_map)
+        weights = self.pool.attention_weights(tokens, depth_mask)  # [B, A, D*N]
+        return weights.reshape(volume.shape[0], self.num_anatomies, -1, *self.volume.grid_size)
 
     def encode_text(self, ids: torch.Tensor) -> TextOutput:
         return self.text(ids)
