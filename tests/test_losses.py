@@ -10,6 +10,7 @@ from open_clip.loss import ClipLoss, SigLipLoss
 from medvlp.losses import (
     anatomy_contrastive_loss,
     concept_alignment_loss,
+    concept_targets,
     contrastive_loss,
     fvlm_loss,
     patch_concept_max_logits,
@@ -35,10 +36,15 @@ def ref_siglip(x, z, t, b):
     return -F.logsigmoid(y * logits).sum() / x.shape[0]
 
 
-def ref_pc_align(v, c, owner, t, b):
+def ref_pc_align(v, c, owner, t, b, ids=None):
     sims = t * torch.einsum("bpd,kd->bpk", v, c)  # [B, P, K]
     s = sims.max(dim=1).values + b
-    y = torch.where(owner[None, :] == torch.arange(v.shape[0])[:, None], 1.0, -1.0).to(v.dtype)
+    y = torch.full(s.shape, -1.0, dtype=v.dtype)
+    for i in range(v.shape[0]):
+        for k in range(c.shape[0]):
+            # with ids, image i holds concept k when one of its own mentions has k's id
+            if owner[k] == i or (ids is not None and any(owner[j] == i and ids[j] == ids[k] for j in range(len(ids)))):
+                y[i, k] = 1.0
     return -F.logsigmoid(y * s).sum() / c.shape[0]
 
 
@@ -179,6 +185,28 @@ def test_concept_alignment_concept_chunks(concepts, concept_chunk):
         (v, c, t, b),
     )
     assert_same(got, value_and_grads(lambda v, c, t, b: ref_pc_align(v, c, owner, t, b), (v, c, t, b)))
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_concept_alignment_with_concept_ids_matches_reference(concepts, chunk):
+    v, c, owner, t, b = concepts
+    ids = torch.randint(0, 6, (c.shape[0],), generator=torch.Generator().manual_seed(12))  # concepts repeat
+    got = value_and_grads(
+        lambda v, c, t, b: concept_alignment_loss(v, c, owner, t, b, concept_ids=ids, chunk_size=chunk), (v, c, t, b)
+    )
+    assert_same(got, value_and_grads(lambda v, c, t, b: ref_pc_align(v, c, owner, t, b, ids), (v, c, t, b)))
+    # repeated concepts make a difference: another image holding the same concept is a positive
+    plain = concept_alignment_loss(v, c, owner, t, b, chunk_size=chunk)
+    assert not torch.allclose(plain, got[0])
+
+
+def test_concept_targets_by_identity():
+    owner = torch.tensor([0, 0, 2, 1])
+    ids = torch.tensor([7, 9, 7, 5])
+    targets = concept_targets(owner, 3, ids)
+    assert targets.tolist() == [[True, True, True, False], [False, False, False, True], [True, False, True, False]]
+    assert concept_targets(owner, 3).tolist() == [[True, True, False, False], [False, False, False, True],
+                                                  [False, False, True, False]]
 
 
 def test_patch_concept_max_logits(concepts):

@@ -47,15 +47,17 @@ class Towers(torch.nn.Module):
             if name == "contrastive":
                 return contrastive_loss(x, z, scale, chunk_size=chunk)
             return sigmoid_loss(x, z, scale, self.bias, chunk_size=chunk)
-        if name == "pc_align":
+        if name in ("pc_align", "pc_align_ids"):
             v, c = self.embed(b["patches"], b["concept_features"])
-            return concept_alignment_loss(v, c, b["concept_owner"], scale, self.bias, chunk_size=chunk)
+            ids = b["concept_ids"] if name == "pc_align_ids" else None
+            return concept_alignment_loss(v, c, b["concept_owner"], scale, self.bias, concept_ids=ids,
+                                          chunk_size=chunk)
         ai, at = self.embed(b["anatomy_images"], b["anatomy_texts"])
         return fvlm_loss(ai, at, b["valid"], b["normal"], b["group"], scale, calibrate=name == "fvlm",
                          chunk_size=chunk)
 
 
-LOSSES = ("contrastive", "sigmoid", "pc_align", "fvlm", "fvlm_nocal")
+LOSSES = ("contrastive", "sigmoid", "pc_align", "pc_align_ids", "fvlm", "fvlm_nocal")
 
 
 def global_batch():
@@ -78,6 +80,7 @@ def global_batch():
     batch["concept_features"] = torch.randn(10, D_IN, generator=g, dtype=torch.float64)
     batch["concept_owner"] = torch.tensor([0, 0, 2, 3, 3, 5, 1, 1, 4, 4])  # local indices
     batch["concept_rank"] = torch.tensor([0] * 7 + [1] * 3)
+    batch["concept_ids"] = torch.tensor([3, 8, 3, 1, 8, 2, 8, 3, 1, 5])  # the same concepts on both ranks
     return batch
 
 
@@ -87,6 +90,7 @@ def local_slice(batch, rank):
     mine = batch["concept_rank"] == rank
     local["concept_features"] = batch["concept_features"][mine]
     local["concept_owner"] = batch["concept_owner"][mine]
+    local["concept_ids"] = batch["concept_ids"][mine]
     return local
 
 

@@ -12,8 +12,10 @@ from test_train_fixtures import TINY_CLIP, write_curated
 
 from medvlp.models import build_model
 from medvlp.train.data import (
+    FigureItems,
     ShardStream,
     collate,
+    concept_identity,
     epoch_order,
     find_shards,
     index_shards,
@@ -100,6 +102,24 @@ def test_collate_offsets_concept_owners():
     assert batch["x"].shape == (3, 2)
     assert batch["concept_spans"].tolist() == [[1, 3], [2, 4], [5, 6]]
     assert batch["concept_owner"].tolist() == [0, 2, 2]
+
+
+def test_figure_items_name_each_kept_concept():
+    caption = "Chest X-ray showing pleural effusion and cardiomegaly; pleural effusion again."
+    concepts = [{"concept_id": "MC001", "start_char": 20, "end_char": 36},
+                {"concept_id": "MC003", "start_char": 41, "end_char": 53},
+                {"concept_id": "MC001", "start_char": 55, "end_char": 71}]
+    sample = {"__key__": "F1", "image": np.zeros((40, 40), np.uint8),
+              "meta": {"caption": caption, "concepts": concepts}}
+    item = FigureItems(ImageTransform(32), TINY_CLIP["text_cfg"], with_concepts=True)(sample, None)
+    ids = item["concept_ids"].tolist()
+    assert len(ids) == item["concept_spans"].shape[0] == 3
+    assert ids[0] == ids[2] == concept_identity({"concept_id": "MC001"}) != ids[1]
+    first = {**item, "concept_ids": item["concept_ids"][:1], "concept_spans": item["concept_spans"][:1]}
+    batch = collate([item, first])
+    assert batch["concept_ids"].tolist() == ids + ids[:1] and batch["concept_owner"].tolist() == [0, 0, 0, 1]
+    with pytest.raises(ValueError, match="neither 'concept_id' nor 'cui'"):
+        concept_identity({"start_char": 0, "end_char": 3})
 
 
 def test_text_group_ids_are_stable():

@@ -14,7 +14,7 @@ DDP's gradient averaging reproduces the single-process loss on the global batch.
 """
 
 from .anatomy_contrastive import anatomy_contrastive_loss, fvlm_loss
-from .concept_alignment import concept_alignment_loss, patch_concept_max_logits
+from .concept_alignment import concept_alignment_loss, concept_targets, patch_concept_max_logits
 from .contrastive import contrastive_loss
 from .distributed import gather_no_grad, gather_with_grad, rank_and_world
 from .sigmoid import sigmoid_loss
@@ -22,6 +22,7 @@ from .sigmoid import sigmoid_loss
 __all__ = [
     "anatomy_contrastive_loss",
     "concept_alignment_loss",
+    "concept_targets",
     "contrastive_loss",
     "fvlm_loss",
     "gather_no_grad",

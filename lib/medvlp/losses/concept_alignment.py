@@ -136,6 +136,26 @@ class _PatchConceptMax(torch.autograd.Function):
         )
 
 
+def concept_targets(owner: torch.Tensor, n_images: int, concept_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, K]`` bool PC-Align positives: image i's caption holds concept k.
+
+    Args:
+        owner: ``[K]`` long, the image index of each concept mention (values outside ``0..B-1`` are
+            mentions of other ranks' images).
+        n_images: B.
+        concept_ids: optional ``[K]`` identities; then image i holds concept k when any of its own
+            mentions has concept k's id. Memory ``O(B * U)`` for U distinct ids (U <= K).
+    """
+    image_index = torch.arange(n_images, device=owner.device)
+    if concept_ids is None:
+        return owner[None, :] == image_index[:, None]
+    unique, inverse = torch.unique(concept_ids, return_inverse=True)
+    mine = (owner >= 0) & (owner < n_images)
+    has = torch.zeros(n_images, unique.numel(), dtype=torch.bool, device=owner.device)
+    has[owner[mine], inverse[mine]] = True
+    return has[:, inverse]
+
+
 def concept_alignment_loss(
     patch_emb: torch.Tensor,
     concept_emb: torch.Tensor,
@@ -143,19 +163,26 @@ def concept_alignment_loss(
     logit_scale: torch.Tensor | float,
     logit_bias: torch.Tensor | float,
     *,
+    concept_ids: torch.Tensor | None = None,
     chunk_size: ChunkSize = "auto",
     concept_chunk_size: int | None = None,
     gather: bool = True,
 ) -> torch.Tensor:
     """PC-Align: ``-(1/K) sum_i sum_k log sigmoid(y_ik s_ik)``, ``s_ik = max_m(t <v_im, c_k>) + b``.
 
-    ``y_ik = +1`` iff concept k belongs to image i's caption (``concept_owner[k] == i``), else -1;
-    K is the number of concepts in the (global) batch.
+    ``y_ik = +1`` iff concept k belongs to image i's caption, else -1; K is the number of concept
+    mentions in the (global) batch. Without ``concept_ids`` a mention belongs to its own caption only
+    (``concept_owner[k] == i``). With ``concept_ids`` (the concept's identity, e.g. its UMLS CUI) it
+    belongs to every caption that mentions the same concept, so another image showing the same finding
+    is not pushed away from it (in a batch where concepts repeat, the owner-only targets are false
+    negatives).
 
     Args:
         patch_emb: ``[B, P, D]`` L2-normalised patch embeddings ``v``.
         concept_emb: ``[K, D]`` L2-normalised concept embeddings ``c`` of every concept of every caption.
         concept_owner: ``[K]`` long, the batch index (0..B-1, local to this rank) of each concept's caption.
+        concept_ids: optional ``[K]`` long identity of each concept (equal ids = the same concept, comparable
+            across ranks, e.g. a hash of the CUI).
         logit_scale: ``t_c`` (already exponentiated), one-element tensor or float.
         logit_bias: ``b_c``, one-element tensor or float.
         chunk_size, concept_chunk_size: see :func:`patch_concept_max_logits`; ``None`` materialises
@@ -181,15 +208,20 @@ def concept_alignment_loss(
     bias = as_scalar(logit_bias, patch_emb, "logit_bias")
     n_images = patch_emb.shape[0]
 
+    if concept_ids is not None and (concept_ids.shape != concept_owner.shape or concept_ids.is_floating_point()):
+        raise ValueError(f"concept_ids must be a [K] integer tensor like concept_owner, got {concept_ids.dtype} "
+                         f"of shape {tuple(concept_ids.shape)}")
     if gather and is_distributed():
         rank, world = rank_and_world()
         offset = sum(gather_sizes(n_images, patch_emb.device)[:rank])
         concept_sizes = gather_sizes(concept_emb.shape[0], patch_emb.device)
         all_concepts = gather_with_grad(concept_emb, concept_sizes)
         all_owners = gather_no_grad(concept_owner.long() + offset, concept_sizes)
+        all_ids = gather_no_grad(concept_ids.long(), concept_sizes) if concept_ids is not None else None
     else:
         world, offset = 1, 0
         all_concepts, all_owners = concept_emb, concept_owner.long()
+        all_ids = concept_ids.long() if concept_ids is not None else None
     n_concepts = all_concepts.shape[0]
     if n_concepts == 0:
         return zero_with_graph(patch_emb, concept_emb, scale, bias)
@@ -199,6 +231,5 @@ def concept_alignment_loss(
     )
     acc = torch.promote_types(scores.dtype, torch.float32)
     scores = scores.to(acc) + bias.reshape(()).to(acc)
-    image_index = torch.arange(n_images, device=patch_emb.device) + offset
-    signs = (all_owners[None, :] == image_index[:, None]).to(scores.dtype) * 2 - 1  # [B, K] of +-1
+    signs = concept_targets(all_owners - offset, n_images, all_ids).to(scores.dtype) * 2 - 1  # [B, K] of +-1
     return -F.logsigmoid(signs * scores).sum() * (world / n_concepts)

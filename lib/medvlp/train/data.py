@@ -282,6 +282,16 @@ def text_group_id(text: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def concept_identity(mention: Mapping[str, Any]) -> int:
+    """A stable id of a concept mention's concept (its ``concept_id``, else its ``cui``): equal for every
+    mention of the same concept, on every rank and machine (:func:`text_group_id`)."""
+    key = mention.get("concept_id") or mention.get("cui")
+    if not key:
+        raise ValueError(f"concept mention {dict(mention)} has neither 'concept_id' nor 'cui'; re-run the curate "
+                         "stage (it names every kept mention's concept)")
+    return text_group_id(str(key))
+
+
 def _as_mapping(value: Any, key_field: str, value_field: str) -> dict:
     """``{anatomy: x}`` from a dict or from a list of ``{key_field: anatomy, value_field: x}`` records."""
     if isinstance(value, Mapping):
@@ -309,12 +319,14 @@ class FigureItems:
             raise ValueError(f"figure sample {key!r}: needs a .png and a .json member")
         caption = meta["caption"]
         tokenizer = build_tokenizer(self.text_cfg)
-        spans = [(int(c["start_char"]), int(c["end_char"])) for c in meta.get("concepts", [])
-                 if not c.get("negated", False)]
+        mentions = [c for c in meta.get("concepts", []) if not c.get("negated", False)]
+        spans = [(int(c["start_char"]), int(c["end_char"])) for c in mentions]
         tok = tokenize_with_concepts(tokenizer, [caption], [spans], self.context_length)
         item = {"image": self.transform(sample["image"], rng), "ids": tok.ids[0]}
         if self.with_concepts:
             item["concept_spans"] = tok.spans
+            kept = [mentions[j] for j in tok.source[:, 1].tolist()]
+            item["concept_ids"] = torch.tensor([concept_identity(c) for c in kept], dtype=torch.long)
         return item
 
 
@@ -361,7 +373,7 @@ class VolumeItems:
 
 def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     """Stack every tensor field; ``concept_spans`` are concatenated into ``[K, 2]`` with their
-    caption index in ``concept_owner`` ``[K]``."""
+    caption index in ``concept_owner`` ``[K]`` (and ``concept_ids`` into ``[K]``)."""
     out: dict[str, torch.Tensor] = {}
     for key in items[0]:
         if key == "concept_spans":
@@ -369,6 +381,8 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
             out[key] = torch.cat(spans).reshape(-1, 2)
             out["concept_owner"] = torch.cat([torch.full((len(s),), i, dtype=torch.long)
                                               for i, s in enumerate(spans)])
+        elif key == "concept_ids":
+            out[key] = torch.cat([it[key] for it in items])
         else:
             out[key] = torch.stack([it[key] for it in items])
     return out

@@ -43,7 +43,8 @@ def image_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: 
     """2D figure-caption pairs: IT-Align (+ ``pc_align_weight`` x PC-Align).
 
     Batch: ``image`` [B, 3, S, S], ``ids`` [B, L]; for PC-Align also ``concept_spans`` [K, 2] (token
-    positions) and ``concept_owner`` [K] (caption index).
+    positions), ``concept_owner`` [K] (caption index) and optionally ``concept_ids`` [K] (concept
+    identities: a mention is a positive for every image whose caption names the same concept).
     """
     image = model.encode_image(batch["image"])
     text = model.encode_text(batch["ids"])
@@ -55,7 +56,7 @@ def image_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: 
         concepts = model.concept_embeddings(text.token_states, batch["concept_spans"], batch["concept_owner"])
         pc_align = concept_alignment_loss(patches, concepts.to(patches.dtype), batch["concept_owner"],
                                           model.concept_logit_scale_exp(), model.concept_logit_bias,
-                                          chunk_size=chunk_size)
+                                          concept_ids=batch.get("concept_ids"), chunk_size=chunk_size)
         terms["pc_align"] = pc_align
         total = total + pc_align_weight * pc_align
     terms["loss"] = total
