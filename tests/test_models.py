@@ -262,3 +262,49 @@ def test_load_open_clip_weights_partial_and_mismatch(tmp_path):
     wide = build_model("clip", clip_model={**get_clip_config("medvlp-tiny"), "embed_dim": 64})
     with pytest.raises(ValueError, match="has shape"):
         load_open_clip_weights(wide, path)
+
+
+# ----------------------------------------------------------------------------- conv tower, init_from
+
+def test_conv_tower_keeps_the_image_tower_contract():
+    torch.manual_seed(0)
+    model = build_model("conceptclip", clip_model="medvlp-conv-tiny").eval()
+    assert model.image.grid_size == (8, 8) and model.image.num_patches == 64 and model.image.image_size == (64, 64)
+    images = torch.randn(2, 3, 64, 64)
+    out = model.encode_image(images)
+    assert out.embedding.shape == (2, 128) and out.patch_tokens.shape == (2, 64, model.image.width)
+    torch.testing.assert_close(out.embedding.norm(dim=-1), torch.ones(2))
+    # the global embedding is the max over the cells of the patch tokens, projected (what heatmaps rely on)
+    pooled = out.patch_tokens.amax(dim=1) @ model.image.tower.proj
+    torch.testing.assert_close(out.embedding, F.normalize(pooled, dim=-1))
+    # a finding in one corner changes the tokens of that corner's cells most
+    bumped = images.clone()
+    bumped[1, :, :8, :8] += 3.0
+    delta = (model.encode_image(bumped).patch_tokens[1] - out.patch_tokens[1]).norm(dim=-1).view(8, 8)
+    assert delta.argmax().item() in (0, 1, 8, 9)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_model("clip", clip_model={**get_clip_config("medvlp-conv-tiny"),
+                                        "vision_cfg": {"medvlp_conv": True, "image_size": 60}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_model("clip", clip_model={**get_clip_config("medvlp-conv-tiny"),
+                                        "vision_cfg": {"medvlp_conv": True, "image_size": 64, "widht": 3}})
+
+
+def test_load_medvlp_weights_copies_the_named_parts(tmp_path):
+    from medvlp.models import load_medvlp_weights
+
+    torch.manual_seed(0)
+    clip = build_model("clip", clip_model="medvlp-conv-tiny")
+    save_model(clip, tmp_path / "clip.pt")
+    torch.manual_seed(1)
+    radclip = build_model("radclip", clip_model="medvlp-conv-tiny")
+    before = {k: v.clone() for k, v in radclip.state_dict().items()}
+    copied = load_medvlp_weights(radclip, tmp_path / "clip.pt", ("image",))
+    state = radclip.state_dict()
+    assert copied and all(k.startswith("image.") for k in copied)
+    assert all(torch.equal(state[k], clip.state_dict()[k]) for k in copied)
+    assert all(torch.equal(state[k], before[k]) for k in state if not k.startswith("image."))
+    fvlm = build_model("fvlm", clip_model="medvlp-conv-tiny")
+    with pytest.raises(ValueError, match="no tensor of parts"):
+        load_medvlp_weights(fvlm, tmp_path / "clip.pt", ("image",))
+    assert all(k.startswith("text.") for k in load_medvlp_weights(fvlm, tmp_path / "clip.pt", ("text",)))

@@ -35,6 +35,7 @@ radclip (the dual_encoder keys, without concept heads, plus)
 from medvlp.models.anatomy_pooling import AnatomyAttentionPool, AnatomyMasks, anatomy_token_masks
 from medvlp.models.checkpoint import (
     atomic_torch_save,
+    load_medvlp_weights,
     load_model,
     load_open_clip_weights,
     read_model_file,
@@ -67,6 +68,7 @@ __all__ = [
     "FVLM", "ImageEncoder", "ImageOutput", "MLPHead", "RadCLIP", "SlicePooling", "TextEncoder", "TextOutput",
     "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput", "anatomy_token_masks", "atomic_torch_save",
     "build_model", "build_tokenizer", "char_spans_to_token_spans", "count_parameters", "encode_slices",
-    "get_clip_config", "list_clip_configs", "load_model", "load_open_clip_weights", "read_model_file",
+    "get_clip_config", "list_clip_configs", "load_medvlp_weights",
+    "load_model", "load_open_clip_weights", "read_model_file",
     "resolve_model_config", "save_model", "sinusoidal_positions", "span_mean", "tokenize_with_concepts",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +140,34 @@ def load_open_clip_weights(model: nn.Module, path: str | Path,
                          f"unexpected {unexpected[:8]} (strict=True)")
     target.load_state_dict(mapped, strict=False)
     return missing, sorted(unexpected)
+
+
+def load_medvlp_weights(model: nn.Module, path: str | Path, parts: Sequence[str] = ("image", "text"),
+                        ) -> list[str]:
+    """Initialise parts of ``model`` from another medvlp model file (e.g. a trained ``clip``).
+
+    Copies every tensor whose name starts with one of ``parts`` (module names such as ``image``,
+    ``text``, ``logit_scale``) and exists with the same shape in both models: RadCLIP starts from a
+    trained 2D CLIP this way, a 3D model can take a trained text tower.
+
+    Returns:
+        The names of the copied tensors.
+
+    Raises:
+        ValueError: when no tensor matches (wrong parts or unrelated model), or a shape differs.
+    """
+    payload = read_model_file(path)
+    target = _unwrap(model)
+    own = target.state_dict()
+    prefixes = tuple(parts)
+    chosen = {k: v for k, v in payload["state_dict"].items()
+              if (k.split(".", 1)[0] in prefixes) and k in own}
+    for key, value in chosen.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"{str(path)!r}: {key} has shape {list(value.shape)} but the model's has "
+                             f"{list(own[key].shape)}; both models need the same tower config")
+    if not chosen:
+        raise ValueError(f"{str(path)!r}: no tensor of parts {list(prefixes)} fits this "
+                         f"{type(target).__name__}; check init_from.parts")
+    target.load_state_dict(chosen, strict=False)
+    return sorted(chosen)

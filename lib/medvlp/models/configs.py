@@ -113,7 +113,9 @@ def _check_clip_config(cfg: dict, where: str) -> dict:
         if key not in cfg:
             raise ValueError(f"CLIP config {where}: missing key {key!r} (open_clip model-config schema)")
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
-    if vision.get("timm_model_name") or isinstance(vision.get("layers"), list | tuple):
+    if vision.get("medvlp_conv"):
+        pass  # medvlp's conv tower: its keys are checked when it is built
+    elif vision.get("timm_model_name") or isinstance(vision.get("layers"), list | tuple):
         raise ValueError(f"CLIP config {where}: only open_clip's VisionTransformer image tower is supported "
                          "(no timm_model_name, no ResNet layer tuple); pick a ViT config")
     if vision.get("attentional_pool") or vision.get("pool_type", "tok") == "none":

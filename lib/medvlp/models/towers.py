@@ -17,6 +17,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
+from medvlp.models.conv_tower import build_conv_tower
 from medvlp.models.outputs import ImageOutput, TextOutput
 
 
@@ -53,7 +54,8 @@ class MLPHead(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    """open_clip ViT image tower returning the global embedding and all patch tokens.
+    """open_clip ViT image tower (or medvlp's :class:`~medvlp.models.conv_tower.ConvTower`) returning the
+    global embedding and all patch tokens.
 
     Args:
         embed_dim: E, width of the joint embedding space.
@@ -64,10 +66,15 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, embed_dim: int, vision_cfg: dict, quick_gelu: bool = False):
         super().__init__()
-        self.tower = _build_vision_tower(embed_dim, {**vision_cfg, "output_tokens": True}, quick_gelu)
-        if not isinstance(self.tower, VisionTransformer):
-            raise ValueError(f"vision_cfg builds a {type(self.tower).__name__}; an open_clip ViT is required")
-        self.width: int = self.tower.transformer.width
+        if vision_cfg.get("medvlp_conv"):
+            self.tower = build_conv_tower(embed_dim, vision_cfg)
+            self.width: int = self.tower.width
+        else:
+            self.tower = _build_vision_tower(embed_dim, {**vision_cfg, "output_tokens": True}, quick_gelu)
+            if not isinstance(self.tower, VisionTransformer):
+                raise ValueError(f"vision_cfg builds a {type(self.tower).__name__}; an open_clip ViT is required "
+                                 "(or medvlp's conv tower: \"medvlp_conv\": true)")
+            self.width = self.tower.transformer.width
         self.grid_size: tuple[int, int] = tuple(self.tower.grid_size)
         self.num_patches: int = self.grid_size[0] * self.grid_size[1]
         self.image_size: tuple[int, int] = tuple(self.tower.image_size)
