@@ -148,6 +148,25 @@ def test_auroc_table_macro_resamples_images_jointly():
     assert macro["n_boot_valid"] == 300 and auroc_table(y, s, n_boot=300, seed=2)["0"]["n_boot_valid"] < 300
 
 
+def test_auroc_table_valid_mask_scores_each_class_on_its_own_images():
+    y, s = table_inputs(n=120)
+    rng = np.random.default_rng(7)
+    valid = rng.random(y.shape) < 0.6
+    valid[:, 3] = False                                  # a class with no scored image is skipped
+    scores = np.where(valid, s, np.nan)                  # invalid pairs may be NaN
+    table = auroc_table(y, scores, ["a", "b", "c", "d"], n_boot=300, seed=1, valid=valid)
+    assert table["skipped"] == ["d"]
+    for c, name in enumerate("abc"):
+        m = valid[:, c]
+        assert table[name]["auc"] == pytest.approx(roc_auc_score(y[m, c], s[m, c]), abs=1e-12)
+        assert table[name]["n_pos"] + table[name]["n_neg"] == m.sum()
+    # the same joint resampling as a reference loop that subsets each class to its valid images
+    ref = bootstrap_ci(lambda yy, ss, vv: macro_mean([auroc(yy[vv[:, c], c], ss[vv[:, c], c]) for c in range(3)]),
+                       y[:, :3], s[:, :3], valid[:, :3], n_boot=300, seed=1)
+    assert table["macro"]["ci_low"] == pytest.approx(ref["ci_low"], abs=1e-12)
+    assert table["macro"]["ci_high"] == pytest.approx(ref["ci_high"], abs=1e-12)
+
+
 def test_auroc_table_all_classes_skipped():
     table = auroc_table(np.ones((5, 2), bool), np.zeros((5, 2)), ["x", "y"], n_boot=10)
     assert table["skipped"] == ["x", "y"] and table["macro"]["n_classes"] == 0

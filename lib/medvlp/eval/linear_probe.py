@@ -243,6 +243,7 @@ def linear_probe(
     names: Sequence[str] | None = None,
     n_boot: int = 1000,
     alpha: float = 0.05,
+    test_valid: ArrayLike | None = None,
 ) -> dict[float, dict]:
     """Logistic-regression probes on frozen features for each fraction of the training labels.
 
@@ -256,6 +257,8 @@ def linear_probe(
         C: inverse L2 strength for every fit; None selects it per fraction (module docstring, step 3).
         names: class names (default ``"0"``.. for multi-label columns, the class values for multi-class).
         n_boot, alpha: bootstrap replicates over test images and CI level.
+        test_valid: optional ``[M, C]`` bool, the (test image, class) pairs to score (multi-label only),
+            e.g. a finding only on images of its modality (:func:`~medvlp.eval.metrics.auroc_table`).
 
     Returns:
         ``{fraction: result}``. Every result has ``n_train``, ``C``, ``c_source`` (``"given"``, ``"cv"``
@@ -301,7 +304,8 @@ def linear_probe(
                 constant = np.isin(np.arange(n_classes), target, invert=True) | (np.unique(target).size == 1)
             else:
                 scores, constant, n_bad = _multilabel_scores(x_fit, target, x_eval, [chosen], max_iter)
-        table = auroc_table(y_test, scores[0], names, n_boot=n_boot, seed=seed, alpha=alpha)
+        table = auroc_table(y_test, scores[0], names, n_boot=n_boot, seed=seed, alpha=alpha,
+                            valid=None if multiclass else test_valid)
         result = {"n_train": int(subset.size), "C": chosen, "c_source": source, "cv_scores": cv_scores,
                   "n_not_converged": n_bad, "constant": [names[c] for c in np.flatnonzero(constant)],
                   "per_class": {k: v for k, v in table.items() if k not in TABLE_KEYS},

@@ -158,29 +158,36 @@ def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _auroc_keys(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, int]:
+def _auroc_keys(positive: np.ndarray, scores: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """``(key [N], G)``: ``key = G * positive + group``, with ``group`` the index of each score among the
-    ``G`` distinct scores in ascending order."""
-    distinct, groups = np.unique(scores, return_inverse=True)
-    return groups.ravel() + distinct.size * positive, distinct.size
+    ``G`` distinct scores (of the valid samples) in ascending order; samples outside ``valid`` get the
+    key ``2 G``, which the resampled AUROC ignores."""
+    if valid is None:
+        distinct, groups = np.unique(scores, return_inverse=True)
+        return groups.ravel() + distinct.size * positive, distinct.size
+    key = np.empty(scores.shape, dtype=np.int64)
+    distinct, groups = np.unique(scores[valid], return_inverse=True)
+    key[valid] = groups.ravel() + distinct.size * positive[valid]
+    key[~valid] = 2 * distinct.size
+    return key, distinct.size
 
 
 def _resampled_auroc(idx: np.ndarray, key: np.ndarray, n_groups: int) -> np.ndarray:
     """AUROC [R] of each resample ``idx[r]`` ([R, N] row indices); NaN for one-class resamples.
 
-    Counts the negatives and positives of each resample per tie group (``key`` from :func:`_auroc_keys`);
-    then ``2U = sum_g pos_g * (2 * neg_below_g + neg_g)`` in exact integer arithmetic, which is the
-    average-rank Mann-Whitney U of the resample.
+    Counts the negatives and positives of each resample per tie group (``key`` from :func:`_auroc_keys`;
+    the key ``2 G`` marks ignored samples); then ``2U = sum_g pos_g * (2 * neg_below_g + neg_g)`` in
+    exact integer arithmetic, which is the average-rank Mann-Whitney U of the resample.
     """
-    rows, n = idx.shape
+    rows, _ = idx.shape
+    width = 2 * n_groups + 1
     flat = key[idx]
-    flat += (np.arange(rows) * (2 * n_groups))[:, None]
-    counts = np.bincount(flat.ravel(), minlength=rows * 2 * n_groups).reshape(rows, 2, n_groups)
-    neg, pos = counts[:, 0], counts[:, 1]
+    flat += (np.arange(rows) * width)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=rows * width).reshape(rows, width)[:, :-1]
+    neg, pos = counts[:, :n_groups], counts[:, n_groups:]
     twice_below_plus_tied = 2 * np.cumsum(neg, axis=1) - neg
     twice_u = np.einsum("rg,rg->r", pos, twice_below_plus_tied)
-    n_pos = pos.sum(axis=1)
-    pairs = n_pos * (n - n_pos)
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pairs > 0, twice_u / (2.0 * pairs), np.nan)
 
@@ -214,7 +221,7 @@ def bootstrap_auroc(labels: ArrayLike, scores: ArrayLike, n_boot: int = 1000, al
 
 
 def auroc_table(labels: ArrayLike, scores: ArrayLike, names: Sequence[str] | None = None, n_boot: int = 1000,
-                seed: int = 0, alpha: float = 0.05) -> dict:
+                seed: int = 0, alpha: float = 0.05, valid: ArrayLike | None = None) -> dict:
     """Per-class AUROC with bootstrap CIs and their macro mean with its own CI.
 
     Args:
@@ -222,6 +229,10 @@ def auroc_table(labels: ArrayLike, scores: ArrayLike, names: Sequence[str] | Non
         scores: ``[N, C]`` scores, higher = more positive.
         names: ``C`` distinct class names (default ``"0"`` .. ``"C-1"``); ``"macro"`` and ``"skipped"``
             are reserved.
+        valid: optional ``[N, C]`` bool, the (image, class) pairs to score (e.g. only images of the
+            modality a finding occurs in); each class is scored on its own valid images, and a
+            bootstrap replicate resamples the N images once for all classes. Scores of invalid pairs
+            are ignored (may be NaN).
 
     Returns:
         ``{name: bootstrap_auroc dict}`` for each class with positives and negatives;
@@ -232,7 +243,16 @@ def auroc_table(labels: ArrayLike, scores: ArrayLike, names: Sequence[str] | Non
     """
     _check_bootstrap(n_boot, alpha)
     y = _binary(labels, "labels", "[N, C]", 2)
-    s = _finite(scores, "scores", f"[N, C] = {tuple(y.shape)} like labels", y.shape)
+    if valid is None:
+        mask = np.ones(y.shape, dtype=bool)
+    else:
+        mask = _binary(valid, "valid", f"[N, C] = {tuple(y.shape)} like labels", 2)
+        if mask.shape != y.shape:
+            raise _shape_error("valid", f"[N, C] = {tuple(y.shape)} like labels", mask)
+    raw = np.asarray(scores, dtype=np.float64)
+    if raw.shape != y.shape:
+        raise _shape_error("scores", f"[N, C] = {tuple(y.shape)} like labels", raw)
+    s = _finite(np.where(mask, raw, 0.0), "scores", f"[N, C] = {tuple(y.shape)} like labels", y.shape)
     n, n_classes = y.shape
     if n == 0 or n_classes == 0:
         raise ValueError(f"labels must have shape [N, C] with N, C >= 1, got {tuple(y.shape)}")
@@ -242,9 +262,10 @@ def auroc_table(labels: ArrayLike, scores: ArrayLike, names: Sequence[str] | Non
     if reserved := set(names) & set(TABLE_KEYS):
         raise ValueError(f"names must not use the reserved keys {TABLE_KEYS}, got {sorted(reserved)}")
 
-    n_pos = y.sum(axis=0)
-    valid = np.flatnonzero((n_pos > 0) & (n_pos < n))
-    keys = [_auroc_keys(y[:, c], s[:, c]) for c in valid]
+    n_pos, n_neg = (y & mask).sum(axis=0), (~y & mask).sum(axis=0)
+    usable = (n_pos > 0) & (n_neg > 0)
+    valid = np.flatnonzero(usable)
+    keys = [_auroc_keys(y[:, c], s[:, c], mask[:, c]) for c in valid]
     reps = np.empty((n_boot, valid.size))
     start = 0
     for idx in _bootstrap_blocks(n, n_boot, seed):
@@ -252,14 +273,15 @@ def auroc_table(labels: ArrayLike, scores: ArrayLike, names: Sequence[str] | Non
             reps[start:start + idx.shape[0], j] = _resampled_auroc(idx, key, n_groups)
         start += idx.shape[0]
 
-    table: dict = {names[c]: _auroc_summary(y[:, c], s[:, c], reps[:, j], alpha) for j, c in enumerate(valid)}
+    table: dict = {names[c]: _auroc_summary(y[mask[:, c], c], s[mask[:, c], c], reps[:, j], alpha)
+                   for j, c in enumerate(valid)}
     defined = ~np.isnan(reps)
     with np.errstate(invalid="ignore", divide="ignore"):
         macro_reps = np.where(defined, reps, 0.0).sum(axis=1) / defined.sum(axis=1)
     low, high, n_valid = _percentile_ci(macro_reps, alpha)
     table["macro"] = {"auc": macro_mean([table[names[c]]["auc"] for c in valid]), "ci_low": low, "ci_high": high,
                       "n_classes": int(valid.size), "n_boot_valid": n_valid}
-    table["skipped"] = [names[c] for c in np.flatnonzero((n_pos == 0) | (n_pos == n))]
+    table["skipped"] = [names[c] for c in np.flatnonzero(~usable)]
     return table
 
 
