@@ -22,15 +22,47 @@ def _run(cmd: list[str], cwd: Path) -> str:
     return out.stdout + out.stderr
 
 
+TINY_2D = {
+    "embed_dim": 32,
+    "vision_cfg": {"medvlp_conv": True, "image_size": 32, "channels": [8, 16], "blocks": 1},
+    "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TINY_3D = {"img_size": [32, 32, 16], "patch_size": [8, 8, 8], "hidden_size": 32, "mlp_dim": 64, "num_layers": 2,
+           "num_heads": 2}
+
+
+def tiny_params(params: dict) -> dict:
+    """The repository's params.yaml shrunk to seconds: tiny towers, 2 steps per stage, 20 bootstrap samples."""
+    pre = params["pretrain"]
+    pre["common"].update(architecture={"clip_model": TINY_2D}, global_batch_size=4, val_every=2, val_max_samples=8,
+                         checkpoint_every=2, num_workers=0, volume={**pre["common"]["volume"],
+                                                                     "spatial_size": [32, 32, 16]})
+    for name, entry in pre["models"].items():
+        entry["stages"] = [{"steps": 2} for _ in entry["stages"]]
+        entry.pop("global_batch_size", None)
+        if name.startswith(("fvlm", "ct_clip")):
+            entry["architecture"] = {"clip_model": TINY_2D, "vit3d": TINY_3D}
+            if name.startswith("fvlm"):
+                entry["architecture"]["pool_heads"] = 2
+        if name.startswith("radclip"):
+            entry["architecture"] = {"clip_model": TINY_2D, "max_slices": 16, "slice_heads": 2}
+    params["zero_shot"]["n_boot"] = params["explain"]["n_boot"] = 20
+    params["zero_shot"]["probe_fractions"] = [0.5, 1.0]
+    params["explain"]["n_examples"] = 2
+    return params
+
+
 @pytest.mark.slow
 def test_dvc_repro_twice_on_tiny_corpus(tmp_path):
     work = tmp_path / "repo"
     work.mkdir()
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(REPO / name, work / name)
+    params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for folder in ("notebooks", "lib"):
         shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    generate_corpus(work / "data", n_figures=60, n_studies=12, progress=False)
+    generate_corpus(work / "data", n_figures=120, n_studies=40, progress=False)
 
     dvc = [sys.executable, "-m", "dvc"]
     _run(["git", "init", "-q"], work)
@@ -44,6 +76,23 @@ def test_dvc_repro_twice_on_tiny_corpus(tmp_path):
         for out in stage.get("outs", []):
             path = out if isinstance(out, str) else next(iter(out))
             assert (work / path).exists(), f"stage {name}: output {path} missing"
+    for model in stages["pretrain"]["foreach"]:
+        run_info = json.loads((work / f"reports/pretrain/{model}/run_info.json").read_text())
+        assert run_info["status"] == "finished" and run_info["steps_done"] == 2 * len(
+            params["pretrain"]["models"][model]["stages"]), model
+        assert (work / f"reports/figures/pretrain/{model}.png").stat().st_size > 0
+    zero_shot = json.loads((work / "reports/metrics/zero_shot.json").read_text())
+    assert set(zero_shot["figures"]) == {"clip", "siglip", "conceptclip"}
+    assert set(zero_shot["ct"]) == set(params["zero_shot"]["ct_models"])
+    assert zero_shot["figures"]["conceptclip"]["findings"]["scoring"] == "global+local"
+    assert 0.0 <= zero_shot["figures"]["clip"]["findings"]["macro"]["auc"] <= 1.0
+    assert {r["model"] for r in zero_shot["ablations"]["anatomy_alignment"]} == {"ct_clip_global", "fvlm_nocal", "fvlm"}
+    explain = json.loads((work / "reports/metrics/explain.json").read_text())
+    assert set(explain["localization"]) == {"conceptclip", "clip"}
+    assert explain["localization"]["clip"]["n_pairs"] > 0
+    assert 0.0 <= explain["localization"]["conceptclip"]["pointing"] <= 1.0
+    for png in ("zero_shot/ablations.png", "explain/heatmaps.png", "explain/anatomy_attention_0.png"):
+        assert (work / "reports/figures" / png).stat().st_size > 0, png
     report = json.loads((work / "reports/metrics/curation.json").read_text())
     assert report["figures"]["rejected"] == 7 and report["ct"]["rejected"] == 7
     assert report["extraction"]["f1"] >= 0.95

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,3 +42,10 @@ def stage_params(params: dict[str, Any], section: str, item: str | None = None) 
         raise KeyError(f"params.yaml section {section!r} has no entry {item!r} under 'models'; "
                        f"known: {sorted(models)}")
     return deep_merge(block.get("common", {}), {**models[item], "model": item})
+
+
+def select_params(fn: Callable[..., Any], namespace: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``namespace`` (a notebook's globals after Papermill injected a stage's params)
+    that ``fn`` takes as keyword arguments."""
+    accepted = inspect.signature(fn).parameters
+    return {k: namespace[k] for k in accepted if k in namespace}

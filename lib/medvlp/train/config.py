@@ -170,6 +170,7 @@ class TrainConfig:
     resume: Any = "auto"
     loss_chunk_size: Any = "auto"
     init_open_clip: str | None = None
+    init_from: dict | None = None
     image_augment: dict = field(default_factory=lambda: dict(IMAGE_AUGMENT_DEFAULTS))
     volume: dict = field(default_factory=lambda: dict(VOLUME_DEFAULTS))
     report_sections: tuple[str, ...] = ("impression", "findings")
@@ -218,6 +219,14 @@ class TrainConfig:
         cfg._validate()
         return cfg
 
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> TrainConfig:
+        """Parse the keys of ``namespace`` that are settings (a notebook's globals after Papermill
+        injected the stage's params); every other name is ignored."""
+        keys = {f.name for f in fields(cls)} | {"recipe"}
+        return cls.from_params({k: v for k, v in namespace.items() if k in keys and v is not None
+                                or k in ("model", "stages")})
+
     def _validate(self) -> None:
         where = f"pretrain params of {self.model!r}"
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -227,6 +236,10 @@ class TrainConfig:
         for key in ("global_batch_size", "grad_accum_steps", "val_every", "checkpoint_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{where}: {key} must be a positive integer, got {getattr(self, key)!r}")
+        init = self.init_from
+        if init is not None and (not isinstance(init, dict) or "path" not in init or set(init) - {"path", "parts"}):
+            raise ValueError(f"{where}: init_from must be {{path: <medvlp model file>, parts: [image, text]}}, "
+                             f"got {init!r}")
         if self.num_workers < 0:
             raise ValueError(f"{where}: num_workers must be >= 0")
         from medvlp.models.configs import PRESETS

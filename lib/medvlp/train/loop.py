@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from medvlp.lexicon import load_anatomy_lexicon
-from medvlp.models import FVLM, build_model, count_parameters, load_open_clip_weights
+from medvlp.models import FVLM, build_model, count_parameters, load_medvlp_weights, load_open_clip_weights
 from medvlp.models.configs import DEFAULT_VIT3D
 from medvlp.train.checkpoint import (
     BEST,
@@ -260,6 +260,10 @@ class Trainer:
         self.model = build_model(cfg.preset, **cfg.architecture)
         if cfg.init_open_clip:
             load_open_clip_weights(self.model, cfg.init_open_clip)
+        if cfg.init_from:
+            copied = load_medvlp_weights(self.model, cfg.init_from["path"],
+                                         cfg.init_from.get("parts") or ("image", "text"))
+            self._log(f"initialised {len(copied)} tensors from {cfg.init_from['path']}")
         self.model.to(self.device)
         if cfg.grad_checkpointing:
             enable_grad_checkpointing(self.model)

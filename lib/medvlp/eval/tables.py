@@ -1,0 +1,82 @@
+"""Tables of the zero-shot report (``reports/metrics/zero_shot.json``) as pandas DataFrames.
+
+Every value is read from the report; ``fmt_ci`` renders ``0.812 [0.771, 0.850]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+
+def fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
+    """``value [low, high]`` with ``digits`` decimals (``nan`` stays ``nan``)."""
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def ablation_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (ablation, model): the headline AUROC with its 95% CI."""
+    rows = [{"ablation": name, "model": r["model"], "metric": r["metric"],
+             "AUROC [95% CI]": fmt_ci(r["value"], *r["ci"])}
+            for name, rs in report["ablations"].items() for r in rs]
+    return pd.DataFrame(rows).set_index(["ablation", "model"]) if rows else pd.DataFrame()
+
+
+def findings_table(report: Mapping[str, Any], names: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Per-finding zero-shot AUROC (rows: findings, columns: 2D models), macro mean last."""
+    figures = report["figures"]
+    out: dict[str, dict[str, str]] = {}
+    for model, res in figures.items():
+        col = {}
+        for cid, v in res["findings"]["per_finding"].items():
+            col[(names or {}).get(cid, cid)] = fmt_ci(v["auc"], v["ci_low"], v["ci_high"], 2)
+        m = res["findings"]["macro"]
+        col["macro mean"] = fmt_ci(m["auc"], m["ci_low"], m["ci_high"])
+        out[model] = col
+    return pd.DataFrame(out)
+
+
+def retrieval_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """Recall@K and median rank of both directions for every 2D model."""
+    rows = []
+    for model, res in report["figures"].items():
+        for direction, r in res["retrieval"].items():
+            row = {"model": model, "direction": direction.replace("_", " ")}
+            for key, v in r.items():
+                if isinstance(v, Mapping):
+                    row[key] = fmt_ci(v["estimate"], v["ci_low"], v["ci_high"], 3 if key.startswith("recall") else 1)
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "direction"]) if rows else pd.DataFrame()
+
+
+def probe_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """Linear-probe macro AUROC per label fraction, next to the zero-shot macro AUROC."""
+    rows = []
+    for model, res in report["figures"].items():
+        row = {"model": model, "zero-shot": fmt_ci(res["findings"]["macro"]["auc"], res["findings"]["macro"]["ci_low"],
+                                                    res["findings"]["macro"]["ci_high"])}
+        for fraction, r in res["linear_probe"].items():
+            row[f"probe {float(fraction):.0%} ({r['n_train']} images)"] = fmt_ci(
+                r["macro"]["auc"], r["macro"]["ci_low"], r["macro"]["ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def ct_table(report: Mapping[str, Any], metric: str = "auc") -> pd.DataFrame:
+    """Per-disease CT metric (rows: abnormalities, columns: volume models), mean last.
+
+    ``metric``: ``auc`` (with CI), or ``accuracy`` / ``f1`` / ``sensitivity`` / ``specificity`` /
+    ``precision`` at the ROC point closest to (0, 1).
+    """
+    out: dict[str, dict[str, str]] = {}
+    for model, res in report["ct"].items():
+        col = {}
+        for abn, v in res["per_disease"].items():
+            col[f"{abn} ({v['anatomy']})"] = fmt_ci(v["auc"], v["ci_low"], v["ci_high"], 2) if metric == "auc" \
+                else f"{v[metric]:.2f}"
+        mean = res["mean"]
+        col["mean"] = fmt_ci(mean["auc"], *mean["ci"]) if metric == "auc" else f"{mean[metric]:.3f}"
+        out[model] = col
+    return pd.DataFrame(out)

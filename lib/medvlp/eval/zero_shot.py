@@ -1,0 +1,119 @@
+"""Zero-shot scores: 2D findings (ConceptCLIP protocol) and CT diseases (fVLM protocol).
+
+2D: the classes of an image are the findings of its modality (the concept lexicon says which);
+each class is a prompt ensemble (:func:`~medvlp.eval.prompts.finding_prompts`). The global logit is
+``t * <x, z_c>``; models with PC-Align heads add ConceptCLIP's local logit
+``t_c * mean(top-k_m <v_m, c_c>)`` and score ``0.5 * p(global) + 0.5 * p(local)``. ConceptCLIP turns
+logits into probabilities with a softmax over the classes; the synthetic findings are multi-label,
+so a per-finding sigmoid is offered too (``normalise``). Pairs of an image and a finding of another
+modality are not scored (NaN).
+
+CT: for abnormality d of anatomy a, the anatomy embedding ``v_a`` (fVLM) or the global volume
+embedding (ct_global, RadCLIP) against the positive and negative prompt ensembles; the score is
+``softmax(t * [<v, p>, <v, n>])[0]``. Studies where anatomy a has no token are not scored (NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from medvlp.eval.encode import ImageFeatures, VolumeFeatures, prompt_ensembles
+from medvlp.eval.prompts import FINDING_TEMPLATES, disease_prompts, finding_prompts
+from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
+
+#: Patches averaged in ConceptCLIP's local score.
+LOCAL_TOP_K = 5
+
+
+def top_k_patch_logits(patches: torch.Tensor, concepts: torch.Tensor, top_k: int) -> torch.Tensor:
+    """``[N, C]`` mean of the ``top_k`` largest ``<v_m, c>`` over the P patches of each image.
+
+    Args:
+        patches: ``[N, P, E]`` normalised patch embeddings (PC-Align space).
+        concepts: ``[C, E]`` normalised concept embeddings.
+    """
+    k = max(1, min(top_k, patches.shape[1]))
+    sims = patches @ concepts.T  # [N, P, C]
+    return sims.topk(k, dim=1).values.mean(dim=1)  # [N, C]
+
+
+def finding_scores(model: nn.Module, feats: ImageFeatures, modalities: Sequence[str], lexicon: ConceptLexicon, *,
+                   templates: Sequence[str] = FINDING_TEMPLATES, local_weight: float = 0.5,
+                   top_k: int = LOCAL_TOP_K, normalise: str = "softmax") -> np.ndarray:
+    """Zero-shot finding scores ``[N, C]`` (C = every concept of ``lexicon``; NaN where not scored).
+
+    Args:
+        feats: the images' :class:`ImageFeatures` (``patches`` enables the local term).
+        modalities: per image its modality id.
+        local_weight: weight of the local (patch) term when the model has PC-Align heads.
+        normalise: how logits become probabilities before the global and local terms are mixed:
+            ``"sigmoid"``: each finding on its own, ``sigmoid(t * s + b)`` with the model's
+            scale and bias (the findings are multi-label: an image shows several or none);
+            ``"softmax"`` (default): over the findings of the image's modality (ConceptCLIP's protocol for
+            single-label benchmarks; with several findings per image it makes findings compete).
+    """
+    if normalise not in ("sigmoid", "softmax"):
+        raise ValueError(f"normalise must be 'sigmoid' or 'softmax', got {normalise!r}")
+    if len(modalities) != feats.embedding.shape[0]:
+        raise ValueError(f"modalities: {len(modalities)} entries for {feats.embedding.shape[0]} images")
+    column = {c.id: i for i, c in enumerate(lexicon.concepts)}
+    by_id = {m.id: m for m in lexicon.modalities}
+    mods = np.asarray(modalities)
+    out = np.full((len(mods), len(column)), np.nan)
+    use_local = feats.patches is not None and local_weight > 0
+    with torch.inference_mode():
+        scale, bias = _scale_bias(model, "logit")
+        if use_local:
+            c_scale, c_bias = _scale_bias(model, "concept_logit")
+
+    def probabilities(logits: torch.Tensor, b: float) -> torch.Tensor:
+        return torch.sigmoid(logits + b) if normalise == "sigmoid" else torch.softmax(logits, dim=1)
+
+    for mod in sorted(set(modalities)):
+        classes = lexicon.for_modality(mod)
+        if not classes:
+            continue
+        rows = np.flatnonzero(mods == mod)
+        prompt_sets = [finding_prompts(c, by_id.get(mod), templates) for c in classes]
+        probs = probabilities(scale * feats.embedding[rows] @ prompt_ensembles(model, prompt_sets).T, bias)
+        if use_local:
+            concept_emb = prompt_ensembles(model, prompt_sets, concepts=True)
+            local = c_scale * top_k_patch_logits(feats.patches[rows], concept_emb, top_k)
+            probs = (1 - local_weight) * probs + local_weight * probabilities(local, c_bias)
+        out[np.ix_(rows, [column[c.id] for c in classes])] = probs.numpy()
+    return out
+
+
+def _scale_bias(model: nn.Module, prefix: str) -> tuple[float, float]:
+    """``(t, b)`` of ``<prefix>_scale`` / ``<prefix>_bias`` (b = 0 for models without a bias)."""
+    scale = float(getattr(model, f"{prefix}_scale_exp")())
+    bias = getattr(model, f"{prefix}_bias", None)
+    return scale, float(bias) if bias is not None else 0.0
+
+
+def disease_scores(model: nn.Module, feats: VolumeFeatures, lexicon: AnatomyLexicon, *,
+                   negative: str = "not") -> np.ndarray:
+    """Zero-shot CT abnormality scores ``[N, K]`` (K = every abnormality of ``lexicon``; NaN where the
+    anatomy has no token in the study)."""
+    anatomy_index = {a.id: i for i, a in enumerate(lexicon.anatomies)}
+    pos_sets, neg_sets = zip(*(disease_prompts(x, lexicon, negative) for x in lexicon.abnormalities))
+    pos = prompt_ensembles(model, pos_sets)  # [K, E]
+    neg = prompt_ensembles(model, neg_sets)
+    with torch.inference_mode():
+        scale = float(model.logit_scale_exp())
+    emb = feats.embedding
+    if emb.ndim == 3:  # fVLM: [N, A, E], pick each abnormality's anatomy
+        idx = torch.as_tensor([anatomy_index[x.anatomy] for x in lexicon.abnormalities])
+        v = emb[:, idx]  # [N, K, E]
+        scored = feats.present[:, idx].numpy()
+    else:
+        v = emb[:, None, :].expand(-1, pos.shape[0], -1)
+        scored = np.ones(v.shape[:2], dtype=bool)
+    logits = scale * torch.stack([(v * pos).sum(-1), (v * neg).sum(-1)], dim=-1)  # [N, K, 2]
+    probs = torch.softmax(logits, dim=-1)[..., 0].numpy().astype(np.float64)
+    probs[~scored] = np.nan
+    return probs
