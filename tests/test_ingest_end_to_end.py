@@ -1,4 +1,4 @@
-"""Public-dataset formats all the way through: ingest -> curation -> a tiny pre-training run.
+"""Public-dataset formats all the way through: ingest -> curation -> a tiny pre-training run -> zero-shot.
 
 CT-RATE-format fixture -> ``ingest ct_rate`` -> ``run_curation`` (with the written CT-RATE anatomy lexicon)
 -> fVLM; MedConcept-23M-format fixture -> ``ingest medconcept --write-lexicon`` -> ``run_curation`` (with
@@ -18,6 +18,7 @@ from test_train_fixtures import tiny_params
 from medvlp.cli import main as medvlp_main
 from medvlp.curate import run_curation
 from medvlp.data.ingest import ingest_medconcept
+from medvlp.eval.stage import run_zero_shot
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.train import train
 from medvlp.train.runlog import read_csv
@@ -26,9 +27,9 @@ pytestmark = pytest.mark.slow
 SPLIT = {"train": 0.7, "val": 0.3, "test": 0.0}
 
 
-def _curate(data, out, tmp_path, **lexicons) -> dict:
+def _curate(data, out, tmp_path, split=SPLIT, **lexicons) -> dict:
     return run_curation(data, out, metrics_path=tmp_path / "curation.json", figures_dir=tmp_path / "figs",
-                        split=SPLIT, shard_max_samples=4, progress=False, **lexicons)
+                        split=split, shard_max_samples=4, progress=False, **lexicons)
 
 
 def _assert_finite_run(result, n_steps: int, terms: list[str]) -> None:
@@ -52,7 +53,7 @@ def test_ct_rate_ingest_curate_pretrain_fvlm(tmp_path):
 
     lexicon = data / "ct" / "anatomy_ct_rate.json"
     curated = tmp_path / "curated"
-    rep = _curate(data, curated, tmp_path, anatomy_lexicon=lexicon)
+    rep = _curate(data, curated, tmp_path, split={"train": 0.6, "val": 0.0, "test": 0.4}, anatomy_lexicon=lexicon)
     ct = rep["ct"]
     assert ct["present"] and (ct["records_read"], ct["rejected"], ct["kept"]) == (10, 0, 10)
     assert not rep["figures"]["present"]
@@ -66,9 +67,19 @@ def test_ct_rate_ingest_curate_pretrain_fvlm(tmp_path):
     assert any("Cardiomegaly" in t for t in heart)
     assert len(table["anatomy_text"][0]) == len(load_anatomy_lexicon().anatomies)
 
-    result = train(tiny_params("fvlm", curated, steps=2), out_dir=tmp_path / "run", progress=False)
+    result = train(tiny_params("fvlm", curated, steps=2), out_dir=tmp_path / "pretrain" / "fvlm", progress=False)
     _assert_finite_run(result, 2, ["anatomy_align"])
-    # zero_shot: added by the evaluation stage
+    # zero-shot diagnosis with CT-RATE's labels as truth and its lexicon's abnormalities as prompts
+    zs = run_zero_shot(curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"),
+                       figure_models=[], ct_models=["fvlm"], split="test", n_boot=20, anatomy_lexicon=str(lexicon),
+                       metrics_path=str(tmp_path / "zero_shot.json"), progress=False)
+    fvlm = zs["ct"]["fvlm"]
+    n_test = int((table["split"] == "test").sum())
+    assert fvlm["n_studies"] == n_test > 0
+    abnormalities = {a.id for a in load_anatomy_lexicon(str(lexicon)).abnormalities}
+    assert set(fvlm["per_disease"]) | set(fvlm["skipped"]) == abnormalities
+    assert all(0.0 <= v["auc"] <= 1.0 for v in fvlm["per_disease"].values())
+    assert json.loads((tmp_path / "zero_shot.json").read_text())["ct"]["fvlm"]["n_studies"] == n_test
 
 
 def test_medconcept_ingest_curate_pretrain_conceptclip(tmp_path):
@@ -91,6 +102,15 @@ def test_medconcept_ingest_curate_pretrain_conceptclip(tmp_path):
     assert [(c["concept_id"], first["caption"][c["start_char"]:c["end_char"]]) for c in given] == \
         [("C0032227", "pleural effusion"), ("C0030705", "patient")]
 
-    result = train(tiny_params("conceptclip", curated, steps=2), out_dir=tmp_path / "run", progress=False)
+    run_dir = tmp_path / "pretrain" / "conceptclip"
+    result = train(tiny_params("conceptclip", curated, steps=2), out_dir=run_dir, progress=False)
     _assert_finite_run(result, 4, ["it_align", "pc_align"])
-    # zero_shot: added by the evaluation stage
+    # zero-shot: MedConcept-23M has no finding labels, so retrieval is what can be scored
+    zs = run_zero_shot(curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"),
+                       figure_models=["conceptclip"], ct_models=[], split="val", n_boot=20,
+                       concept_lexicon=str(lexicon), metrics_path=str(tmp_path / "zero_shot.json"), progress=False)
+    res = zs["figures"]["conceptclip"]
+    n_val = int((table["split"] == "val").sum())
+    assert res["retrieval"]["image_to_text"]["n_queries"] == n_val > 0
+    assert 0.0 <= res["retrieval"]["text_to_image"]["recall@1"]["estimate"] <= 1.0
+    assert res["findings"]["per_finding"] == {} and res["linear_probe"] == {}

@@ -111,3 +111,21 @@ def test_readme_results_match_committed_metrics(tmp_path):
     shutil.copy(REPO / "README.md", copy)
     changed = update_readme(copy, REPO / "reports" / "metrics")
     assert changed is False, "README results are stale: run `medvlp update-readme`"
+
+
+def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
+    from medvlp.models import resolve_model_config
+    from medvlp.params import recipe
+    from medvlp.train.config import TrainConfig
+
+    params = recipe("paper", yaml.safe_load((REPO / "params.yaml").read_text()))
+    sizes = {}
+    for model in params["pretrain"]["models"]:
+        cfg = TrainConfig.from_params(stage_params(params, "pretrain", model))
+        resolved = resolve_model_config(cfg.preset, **cfg.architecture)
+        sizes[model] = resolved.get("vit3d", {}).get("img_size") or resolved["clip_model"]["vision_cfg"]["image_size"]
+    assert sizes["conceptclip"] == 384 and sizes["fvlm"] == [352, 256, 112] and sizes["radclip"] == 224
+    assert cli_main(["recipe", "paper", "--base", str(REPO / "params.yaml"), "-o", str(tmp_path / "p.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "p.yaml").read_text())["pretrain"]["common"]["precision"] == "bf16"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe("nope", {})

@@ -6,6 +6,7 @@
     medvlp ingest KIND SRC DST [...]        convert a public dataset into data/ (medvlp.data.ingest)
     medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
     medvlp update-readme                    regenerate README.md's results from reports/metrics
+    medvlp recipe paper -o params.yaml      params.yaml with a recipe (paper-sized GPU runs) merged in
     medvlp strip-notebooks notebooks/*.ipynb
 """
 
@@ -66,6 +67,20 @@ def _cmd_update_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    import yaml
+
+    from medvlp.params import load_params, recipe
+
+    merged = yaml.safe_dump(recipe(args.name, load_params(args.base)), sort_keys=False)
+    if args.out is None:
+        print(merged, end="")
+    else:
+        args.out.write_text(merged, "utf-8")
+        print(f"{args.out}: {args.base} with recipe {args.name!r}")
+    return 0
+
+
 def _cmd_strip(args: argparse.Namespace) -> int:
     from medvlp.notebooks import strip_outputs
 
@@ -117,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", type=Path, default=Path("README.md"))
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics"))
     p.set_defaults(func=_cmd_update_readme)
+
+    p = sub.add_parser("recipe", help="write params.yaml with a recipe merged in (e.g. paper-sized GPU runs)")
+    p.add_argument("name", help="recipe name, e.g. paper")
+    p.add_argument("--base", type=Path, default=Path("params.yaml"))
+    p.add_argument("-o", "--out", type=Path, default=None, help="output file (default: print)")
+    p.set_defaults(func=_cmd_recipe)
 
     p = sub.add_parser("strip-notebooks", help="remove outputs from source notebooks")
     p.add_argument("notebooks", nargs="+", type=Path)

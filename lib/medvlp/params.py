@@ -49,3 +49,14 @@ def select_params(fn: Callable[..., Any], namespace: dict[str, Any]) -> dict[str
     that ``fn`` takes as keyword arguments."""
     accepted = inspect.signature(fn).parameters
     return {k: namespace[k] for k in accepted if k in namespace}
+
+
+def recipe(name: str, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a params.yaml) with the recipe ``medvlp/recipes/<name>.yaml`` merged over it."""
+    from importlib import resources
+
+    folder = resources.files("medvlp.recipes")
+    known = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
+    if name not in known:
+        raise ValueError(f"unknown recipe {name!r}; known: {known}")
+    return deep_merge(base, yaml.safe_load(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {})

@@ -7,6 +7,7 @@ test fails when the committed README disagrees with the committed metrics.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -56,10 +57,115 @@ def curation_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _ci(value: float, ci: list | tuple, digits: int = 3) -> str:
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _boot(d: dict) -> str:
+    """``auc [ci_low, ci_high]`` of a bootstrap dict."""
+    return _ci(d["auc"], [d["ci_low"], d["ci_high"]])
+
+
+def _target(name: str, value: float, threshold: float) -> str:
+    met = "met" if value >= threshold else "**not met**"
+    return f"{name} {value:.3f} (issue target >= {threshold:.2f}: {met})"
+
+
+def zero_shot_markdown(report: dict) -> str:
+    """The claims, the per-model headline numbers and the issue targets from ``zero_shot.json``."""
+    lines = ["### Do the papers' claims reproduce here? (`reports/metrics/zero_shot.json`)", "",
+             f"Held-out {report['split']} split: {report.get('n_figures', 0)} figures, {report.get('n_studies', 0)} "
+             f"CT studies; AUROC with {report['n_boot']}-sample bootstrap 95% CIs. Verdicts are computed: "
+             "*reproduced* when the method's whole CI lies above the baseline's estimate, *not reproduced* when "
+             "its estimate is not above it, *inconclusive* otherwise.", "",
+             "| claim | baseline | AUROC | method | AUROC | verdict |", "|---|---|---|---|---|---|"]
+    for c in report.get("claims", []):
+        lines.append(f"| {c['claim']} | {c['baseline']} | {_ci(c['baseline_auc'], c['baseline_ci'])} | "
+                     f"{c['method']} | {_ci(c['method_auc'], c['method_ci'])} | {c['verdict']} |")
+    figures, ct = report.get("figures", {}), report.get("ct", {})
+    if figures:
+        lines += ["", "| 2D model | findings macro AUROC | image->text R@1 / R@10 | text->image R@1 / R@10 | "
+                  "linear probe AUROC (1% / 10% / 100% labels) |", "|---|---|---|---|---|"]
+        for m, r in figures.items():
+            macro = r["findings"]["macro"]
+            i2t, t2i = r["retrieval"]["image_to_text"], r["retrieval"]["text_to_image"]
+            probe = " / ".join(f"{v['macro']['auc']:.3f}" for _, v in sorted(r["linear_probe"].items(),
+                                                                              key=lambda kv: float(kv[0])))
+            lines.append(f"| {m} | {_ci(macro['auc'], [macro['ci_low'], macro['ci_high']])} | "
+                         f"{i2t['recall@1']['estimate']:.3f} / {i2t['recall@10']['estimate']:.3f} | "
+                         f"{t2i['recall@1']['estimate']:.3f} / {t2i['recall@10']['estimate']:.3f} | {probe} |")
+    if ct:
+        lines += ["", "| CT model | mean AUROC over diseases | F1 | sensitivity | specificity |",
+                  "|---|---|---|---|---|"]
+        for m, r in ct.items():
+            mean = r["mean"]
+            lines.append(f"| {m} | {_ci(mean['auc'], mean['ci'])} | {mean['f1']:.3f} | {mean['sensitivity']:.3f} | "
+                         f"{mean['specificity']:.3f} |")
+    targets = []
+    if "conceptclip" in figures:
+        targets.append(_target("conceptclip macro AUROC", figures["conceptclip"]["findings"]["macro"]["auc"], 0.85))
+    if "fvlm" in ct:
+        targets.append(_target("fvlm mean AUROC", ct["fvlm"]["mean"]["auc"], 0.80))
+    if targets:
+        lines += ["", "Targets: " + "; ".join(targets) + "."]
+    lines += ["", "![ablations](reports/figures/zero_shot/ablations.png)"]
+    return "\n".join(lines)
+
+
+def explain_markdown(report: dict) -> str:
+    """Localisation, concept annotation and concept bottleneck from ``explain.json``."""
+    lines = ["### Explanations against the true lesion masks (`reports/metrics/explain.json`)", "",
+             "| model | pointing game | heatmap AUROC | concept annotation AUROC | concept bottleneck AUROC | "
+             "linear probe AUROC |", "|---|---|---|---|---|---|"]
+    for m, loc in report.get("localization", {}).items():
+        ann, cbm = report["concept_annotation"][m], report["bottleneck"][m]
+        cells = [_ci(loc["pointing"], loc["pointing_ci"]), _ci(loc["heatmap_auc"], loc["heatmap_auc_ci"]),
+                 _boot(ann), _boot(cbm["macro"]), _boot(cbm["probe_macro"])]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    n = next(iter(report.get("localization", {}).values()), {}).get("n_pairs", 0)
+    lines += ["", f"Over {n} (test image, finding) pairs; pointing-game tolerance "
+              f"{next(iter(report.get('localization', {}).values()), {}).get('tolerance_px', 0)} px.", "",
+              "![heatmaps](reports/figures/explain/heatmaps.png)"]
+    return "\n".join(lines)
+
+
+def pretrain_markdown(pretrain_dir: Path) -> str:
+    """Steps, measured time, throughput and first / last loss of every pre-training run."""
+    lines = ["### Pre-training (`reports/pretrain/<model>/run_info.json`)", "",
+             "| model | steps | parameters | time (s) | samples/s | loss first -> last | device |",
+             "|---|---|---|---|---|---|---|"]
+    total = 0.0
+    for info_path in sorted(pretrain_dir.glob("*/run_info.json")):
+        info = json.loads(info_path.read_text("utf-8"))
+        losses = info.get("final_losses") or {}
+        first = _first_loss(info_path.parent / "train_log.csv")
+        total += info["elapsed_s"]
+        lines.append(f"| {info['model']} | {info['steps_done']} | {info['parameters']['total']:,} | "
+                     f"{info['elapsed_s']:.0f} | {info.get('mean_samples_per_s') or 0:.1f} | "
+                     f"{first:.3f} -> {losses.get('loss', float('nan')):.3f} | {info['device']['type']} "
+                     f"x{info['device']['world_size']} |")
+    lines += ["", f"All pre-training together: {total / 60:.1f} min."]
+    return "\n".join(lines)
+
+
+def _first_loss(path: Path) -> float:
+    with open(path, encoding="utf-8", newline="") as f:
+        row = next(csv.DictReader(f), None)
+    return float(row["loss"]) if row else float("nan")
+
+
 def results_markdown(metrics_dir: str | Path = "reports/metrics") -> str:
     metrics_dir = Path(metrics_dir)
     parts = ["## Results", "", "Generated by `medvlp update-readme` from the metrics files of the last "
              "`dvc repro`; do not edit by hand.", ""]
+    zero_shot, explain = metrics_dir / "zero_shot.json", metrics_dir / "explain.json"
+    if zero_shot.is_file():
+        parts += [zero_shot_markdown(json.loads(zero_shot.read_text("utf-8"))), ""]
+    if explain.is_file():
+        parts += [explain_markdown(json.loads(explain.read_text("utf-8"))), ""]
+    pretrain_dir = metrics_dir.parent / "pretrain"
+    if any(pretrain_dir.glob("*/run_info.json")):
+        parts += [pretrain_markdown(pretrain_dir), ""]
     curation = metrics_dir / "curation.json"
     if curation.is_file():
         parts.append(curation_markdown(json.loads(curation.read_text("utf-8"))))

@@ -70,9 +70,11 @@ def evaluate_linear_probe(train_feats: ImageFeatures, train: FigureSet, test_fea
     """Logistic-regression probes on the frozen global embeddings; AUROC on the same pairs as zero-shot.
 
     Returns:
-        ``{str(fraction): {"n_train", "macro", "per_finding"}}``.
+        ``{str(fraction): {"n_train", "C", "macro", "per_finding"}}``; ``{}`` without labelled images.
     """
     keep = train.has_truth
+    if not keep.any() or not test.has_truth.any():
+        return {}  # a corpus without finding labels (no figures_truth.jsonl) has nothing to probe
     results = linear_probe(train_feats.embedding.numpy()[keep], train.labels[keep], test_feats.embedding.numpy(),
                            test.labels, fractions=fractions, seed=seed, names=[c.id for c in lexicon.concepts],
                            n_boot=n_boot, test_valid=finding_pairs(test, lexicon))
