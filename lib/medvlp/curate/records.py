@@ -122,7 +122,9 @@ class CTRecord:
     shape: tuple[int, int, int]
 
 
-class _Reject(Exception):
+class BadRecord(Exception):
+    """A bad record: ``reason`` (the key it is counted under) and ``detail`` (what is wrong with it)."""
+
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
@@ -135,8 +137,8 @@ def _manifest_lines(path: Path):
             yield number, raw.rstrip(b"\r\n")
 
 
-def _count_lines(path: Path) -> int:
-    """Number of lines (a last line without a newline counts), for the progress bar."""
+def count_lines(path: Path) -> int:
+    """Physical lines of ``path`` (a last line without a newline counts), for progress bars."""
     n, last = 0, b"\n"
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -149,55 +151,58 @@ def _parse(raw: bytes) -> dict:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _Reject("invalid_utf8", f"not valid UTF-8 at byte {e.start}") from None
+        raise BadRecord("invalid_utf8", f"not valid UTF-8 at byte {e.start}") from None
     if not text.strip():
-        raise _Reject("invalid_json", "blank line (one JSON record per line expected)")
+        raise BadRecord("invalid_json", "blank line (one JSON record per line expected)")
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise _Reject("invalid_json", f"invalid JSON ({e.msg} at column {e.colno})") from None
+        raise BadRecord("invalid_json", f"invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
-        raise _Reject("invalid_json", f"expected a JSON object, got {type(obj).__name__}")
+        raise BadRecord("invalid_json", f"expected a JSON object, got {type(obj).__name__}")
     return obj
 
 
 def _require_strings(obj: dict, names: tuple[str, ...]) -> None:
     for name in names:
         if obj.get(name) is None:
-            raise _Reject("missing_field", f"required field {name!r} missing")
+            raise BadRecord("missing_field", f"required field {name!r} missing")
     for name in names:
         if not isinstance(obj[name], str):
-            raise _Reject("invalid_field", f"field {name!r} must be a string, got {type(obj[name]).__name__}")
+            raise BadRecord("invalid_field", f"field {name!r} must be a string, got {type(obj[name]).__name__}")
     rid = obj["id"]
     if not rid or any(c in _BAD_ID_CHARS or c.isspace() for c in rid):
-        raise _Reject("invalid_field", f"id {rid!r} is empty or holds '.', '/', '\\' or whitespace "
+        raise BadRecord("invalid_field", f"id {rid!r} is empty or holds '.', '/', '\\' or whitespace "
                                        "(ids are shard keys)")
 
 
 def _check_unique(rid: str, seen: dict[str, int]) -> None:
     if rid in seen:
-        raise _Reject("duplicate_id", f"id {rid!r} already used on line {seen[rid]}")
+        raise BadRecord("duplicate_id", f"id {rid!r} already used on line {seen[rid]}")
 
 
-def _inside(kind: str, rel: str) -> str:
-    """Normalised ``rel`` if it stays inside the collection folder."""
+def relative_path(rel: str, what: str, *, escape_reason: str = "path_escapes_corpus",
+                  folder: str = "the collection folder", hint: str = "use a path relative to the manifest's folder"
+                  ) -> str:
+    """``rel`` normalised (``/`` separators) if it is relative and stays inside its folder, checked
+    lexically (a symlink inside the folder is fine); else :class:`BadRecord` with ``escape_reason``
+    (absolute or leaving ``folder``) or ``invalid_field`` (empty, or the folder itself)."""
     if not rel.strip():
-        raise _Reject("invalid_field", f"{kind} path is empty")
+        raise BadRecord("invalid_field", f"{what} path is empty")
     if rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive:
-        raise _Reject("path_escapes_corpus", f"{kind} path {rel!r} is absolute; use a path relative "
-                                             "to the manifest's folder")
+        raise BadRecord(escape_reason, f"{what} path {rel!r} is absolute; {hint}")
     norm = posixpath.normpath(rel.replace("\\", "/"))
     if norm == ".." or norm.startswith("../"):
-        raise _Reject("path_escapes_corpus", f"{kind} path {rel!r} leaves the collection folder")
+        raise BadRecord(escape_reason, f"{what} path {rel!r} leaves {folder}")
     if norm == ".":
-        raise _Reject("invalid_field", f"{kind} path {rel!r} names the collection folder itself, not a file")
+        raise BadRecord("invalid_field", f"{what} path {rel!r} names {folder} itself, not a file")
     return norm
 
 
 def _exists(kind: str, root: Path, rel: str, original: str, folder_ok: bool = False) -> Path:
     path = root / rel
     if not (path.is_file() or (folder_ok and path.is_dir())):
-        raise _Reject("missing_file", f"{kind} {original!r} not found")
+        raise BadRecord("missing_file", f"{kind} {original!r} not found")
     return path
 
 
@@ -206,20 +211,20 @@ def _validate_figure(obj: dict, root: Path, seen: dict[str, int],
     _require_strings(obj, FIGURE_FIELDS)
     modality, concepts = obj.get("modality"), obj.get("concepts")
     if modality is not None and not isinstance(modality, str):
-        raise _Reject("invalid_field", f"field 'modality' must be a string, got {type(modality).__name__}")
+        raise BadRecord("invalid_field", f"field 'modality' must be a string, got {type(modality).__name__}")
     if concepts is not None and not (isinstance(concepts, list)
                                      and all(isinstance(c, dict) for c in concepts)):
-        raise _Reject("invalid_field", "field 'concepts' must be a list of objects")
+        raise BadRecord("invalid_field", "field 'concepts' must be a list of objects")
     rid = obj["id"]
     _check_unique(rid, seen)
-    image = _inside("image", obj["image"])
+    image = relative_path(obj["image"], "image")
     if not obj["caption"].strip():
-        raise _Reject("empty_caption", "caption is empty")
+        raise BadRecord("empty_caption", "caption is empty")
     path = _exists("image", root, image, obj["image"])
     try:
         pixels = read_image(path)
     except Exception as e:  # any decoder failure means the same thing here
-        raise _Reject("unreadable_image", f"image {obj['image']!r} does not decode "
+        raise BadRecord("unreadable_image", f"image {obj['image']!r} does not decode "
                                           f"({type(e).__name__}: {e})") from None
     if on_image is not None:
         on_image(rid, pixels)
@@ -230,28 +235,28 @@ def _validate_ct(obj: dict, root: Path, seen: dict[str, int]) -> CTRecord:
     _require_strings(obj, CT_FIELDS)
     rid = obj["id"]
     _check_unique(rid, seen)
-    volume, seg = _inside("volume", obj["volume"]), _inside("segmentation", obj["segmentation"])
+    volume, seg = relative_path(obj["volume"], "volume"), relative_path(obj["segmentation"], "segmentation")
     if not (obj["findings"].strip() or obj["impression"].strip()):
-        raise _Reject("empty_report", "findings and impression are both empty")
+        raise BadRecord("empty_report", "findings and impression are both empty")
     vol_path = _exists("volume", root, volume, obj["volume"], folder_ok=True)
     seg_path = _exists("segmentation", root, seg, obj["segmentation"])
     try:
         array = read_volume(vol_path).array
     except Exception as e:
-        raise _Reject("unreadable_volume", f"volume {obj['volume']!r} does not decode "
+        raise BadRecord("unreadable_volume", f"volume {obj['volume']!r} does not decode "
                                            f"({type(e).__name__}: {e})") from None
     shape, finite = tuple(int(s) for s in array.shape), bool(np.isfinite(array).all())
     n_bad = 0 if finite else int(array.size - np.isfinite(array).sum())
     del array                                           # only the shape and the finite check are kept
     if not finite:
-        raise _Reject("nonfinite_voxels", f"volume {obj['volume']!r} holds {n_bad} NaN/infinite voxels")
+        raise BadRecord("nonfinite_voxels", f"volume {obj['volume']!r} holds {n_bad} NaN/infinite voxels")
     try:
         seg_shape = tuple(int(s) for s in read_label_map(seg_path).shape)
     except Exception as e:
-        raise _Reject("unreadable_volume", f"segmentation {obj['segmentation']!r} does not decode "
+        raise BadRecord("unreadable_volume", f"segmentation {obj['segmentation']!r} does not decode "
                                            f"({type(e).__name__}: {e})") from None
     if seg_shape != shape:
-        raise _Reject("segmentation_shape_mismatch", f"segmentation {obj['segmentation']!r} has shape "
+        raise BadRecord("segmentation_shape_mismatch", f"segmentation {obj['segmentation']!r} has shape "
                                                      f"{seg_shape}, volume {obj['volume']!r} has {shape}")
     return CTRecord(rid, obj["patient_id"], volume, seg, obj["findings"], obj["impression"], 0, shape)
 
@@ -262,14 +267,14 @@ def _load(manifest: Path, validate, rejects: RejectLog, progress: bool, desc: st
                                 "for the corpus layout (or run `medvlp synth data/`)")
     records, seen, n_lines = [], {}, 0
     bar = tqdm(_manifest_lines(manifest), desc=desc, unit="rec", disable=not progress,
-               total=_count_lines(manifest) if progress else None)
+               total=count_lines(manifest) if progress else None)
     for number, raw in bar:
         n_lines += 1
         where = f"{manifest} line {number}"
         try:
             obj = _parse(raw)
             rec = validate(obj, seen)
-        except _Reject as r:
+        except BadRecord as r:
             if isinstance(obj_id := _id_of(raw), str) and r.reason != "duplicate_id":
                 seen.setdefault(obj_id, number)
             rejects.add(r.reason, f"{where}: {r.detail}")

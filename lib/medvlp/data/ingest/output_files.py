@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import shutil
 from collections.abc import Iterable
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
-from medvlp.data.ingest.skip_log import IngestError, Skip
+from medvlp.curate.records import relative_path
+from medvlp.data.ingest.skip_log import IngestError
 
 __all__ = ["IMAGE_MODES", "inside_source", "place_file", "prepare_collection", "safe_id", "write_json",
            "write_jsonl"]
@@ -27,17 +27,8 @@ def inside_source(rel: str, what: str) -> str:
     Checked lexically, as curation does: a symlink inside the source (a Hugging Face or DVC cache link)
     is fine. Raises :class:`Skip` (``path_escapes_source`` / ``invalid_field``) otherwise.
     """
-    if not rel.strip():
-        raise Skip("invalid_field", f"{what} path is empty")
-    if rel.startswith(("/", "\\")) or PureWindowsPath(rel).drive:
-        raise Skip("path_escapes_source", f"{what} path {rel!r} is absolute; paths must be relative to the "
-                                          "source folder")
-    norm = posixpath.normpath(rel.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../"):
-        raise Skip("path_escapes_source", f"{what} path {rel!r} leaves the source folder")
-    if norm == ".":
-        raise Skip("invalid_field", f"{what} path {rel!r} names the folder itself, not a file")
-    return norm
+    return relative_path(rel, what, escape_reason="path_escapes_source", folder="the source folder",
+                         hint="paths must be relative to the source folder")
 
 
 def safe_id(text: str) -> str:

@@ -42,7 +42,7 @@ that is no volume slice (``not_dicom``, ``not_a_volume_slice``), an anatomy with
 
 from __future__ import annotations
 
-from medvlp.curate.records import CorpusError, RejectLog
+from medvlp.curate.records import BadRecord, CorpusError, RejectLog
 
 __all__ = ["STRICT_HINT", "IngestError", "Skip", "SkipLog"]
 
@@ -54,12 +54,8 @@ class IngestError(CorpusError):
     table, a table without its columns); the message names the file and what to do."""
 
 
-class Skip(Exception):
-    """Raised inside an adapter for a bad record: ``reason`` (a key of the table above) and ``detail``."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
+#: Raised inside an adapter for a bad record: ``reason`` (a key of the table above) and ``detail``.
+Skip = BadRecord
 
 
 class SkipLog(RejectLog):

@@ -18,21 +18,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from medvlp.curate.records import count_lines
 from medvlp.data.ingest.skip_log import IngestError
 
 __all__ = ["CsvRow", "count_lines", "read_csv", "text_lines"]
 
 _BOM = "\ufeff"
-
-
-def count_lines(path: Path) -> int:
-    """Physical lines of ``path`` (a last line without a newline counts), for progress bars."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
