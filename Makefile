@@ -38,5 +38,9 @@ test: venv
 lint: venv
 	$(BIN)/ruff check lib tests bench
 
+# benchmarks: each prints ratios against a named baseline (results: bench/RESULTS.md); the last two need `dvc repro curate`
 bench: venv
 	$(BIN)/python bench/losses.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/image_tower.py
+	$(BIN)/python bench/recipe_memory.py

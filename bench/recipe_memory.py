@@ -9,7 +9,8 @@ trainable parameter), and
 the measured peak memory of the step above the fixed part, per sample (activations). On CUDA the
 step runs in bf16 autocast and the peak is ``torch.cuda.max_memory_allocated``; on CPU it runs in
 fp32 and the peak is the resident-set high-water mark (``VmHWM``, reset before the step), an upper
-bound for bf16 activations.
+bound for bf16 activations (each model in a fresh process; at batch 2 the CPU figure varies by about
++-25% between runs with the allocator's state).
 
 Estimated GPU memory for a per-GPU batch b: fixed + b x per-sample (the README table).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import subprocess
 import sys
 
 import torch
@@ -110,6 +112,12 @@ def main() -> None:
     print(f"paper recipe, first stage of each model, batch {args.batch}, {device.type}")
     print(f"{'model':14s} {'parameters':>12s} {'trainable':>12s} {'fixed GiB':>10s} {'GiB/sample':>11s}")
     for name in args.models:
+        if device.type == "cpu" and len(args.models) > 1:
+            # RSS high-water marks need a fresh process per model (freed memory of one hides the next's)
+            cmd = [sys.executable, __file__, "--device", "cpu", "--batch", str(args.batch), "--params", args.params,
+                   "--models", name]
+            print(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1], flush=True)
+            continue
         r = measure(name, params, args.batch, device)
         print(f"{r['model']:14s} {r['parameters']:12,d} {r['trainable']:12,d} {r['fixed_gib']:10.2f} "
               f"{r['per_sample_gib']:11.3f}", flush=True)

@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = get_clip_config(clip_model)
+    if cfg["vision_cfg"].get("medvlp_conv"):
+        parser.error(f"--clip-model {clip_model}: open_clip cannot build medvlp's conv tower, so there is no "
+                     "open_clip step to compare with; pick an open_clip ViT config (medvlp-tiny, ViT-B-16, ...)")
     batch = make_batch(cfg, batch_size, device)
 
     results: dict = {"device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
