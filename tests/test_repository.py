@@ -10,7 +10,7 @@ import yaml
 from medvlp.cli import main as cli_main
 from medvlp.data.dirhash import dvc_dir_hash, dvc_file_hash
 from medvlp.notebooks import notebook_has_outputs, strip_outputs
-from medvlp.params import deep_merge, stage_params
+from medvlp.params import deep_merge, load_params, load_yaml, stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,6 +64,15 @@ def test_stage_params_merges_common_and_item():
     assert deep_merge({"a": [1]}, {"a": [2]}) == {"a": [2]}
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    # PyYAML's safe_load reads "3e-4" as a string (YAML 1.1); DVC and users write it as a float
+    got = load_yaml("a: 3e-4\nb: 1.0e-3\nc: -2E+2\nd: 12\ne: [1e-2, 3e4x, .5]\nf: '1e-3'\n")
+    assert got == {"a": 3e-4, "b": 1e-3, "c": -200.0, "d": 12, "e": [1e-2, "3e4x", 0.5], "f": "1e-3"}
+    assert isinstance(got["d"], int)
+    (tmp_path / "params.yaml").write_text("pretrain:\n  optimizer: {lr: 5e-4}\n")
+    assert load_params(tmp_path / "params.yaml")["pretrain"]["optimizer"]["lr"] == 5e-4
+
+
 def _write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +120,27 @@ def test_readme_results_match_committed_metrics(tmp_path):
     shutil.copy(REPO / "README.md", copy)
     changed = update_readme(copy, REPO / "reports" / "metrics")
     assert changed is False, "README results are stale: run `medvlp update-readme`"
+
+
+def test_pretrain_table_averages_loss_windows_per_stage(tmp_path):
+    from medvlp.readme_results import pretrain_markdown, stage_loss_windows
+
+    rows = ["step,stage,loss"] + [f"{i},0,{10 - i}" for i in range(10)] + [f"{10 + i},1,{5.0 + 0.02 * i}"
+                                                                            for i in range(20)]
+    for model in ("a", "b"):
+        run = tmp_path / model
+        run.mkdir()
+        (run / "train_log.csv").write_text("\n".join(rows if model == "a" else rows[:11]) + "\n")
+        (run / "run_info.json").write_text(json.dumps({
+            "model": model, "steps_done": 30, "parameters": {"total": 1000}, "elapsed_s": 60.0,
+            "mean_samples_per_s": 5.0, "device": {"type": "cpu", "world_size": 1}}))
+    windows = stage_loss_windows(tmp_path / "a" / "train_log.csv")
+    assert windows[0] == (10.0, 1.0)
+    assert windows[1] == pytest.approx((5.01, 5.37))
+    table = pretrain_markdown(tmp_path)
+    assert "| a | 30 | 1,000 | 60 | 5.0 | 10.000 -> 1.000; 5.010 -> 5.370 | cpu x1 |" in table
+    assert "All pre-training together: 2.0 min." in table
+    assert "less than 2%): a." in table   # b's only stage fell 10 -> 1
 
 
 def test_paper_recipe_parses_for_every_model(tmp_path, capsys):

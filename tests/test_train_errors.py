@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 from test_train_fixtures import tiny_params, write_curated
@@ -68,7 +70,9 @@ def test_cli_trains_from_params_yaml(curated, tmp_path, capsys):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"pretrain": {"common": common, "models": {"siglip": {}}}}))
     assert main(["--params", str(params_file), "--model", "siglip", "--out-dir", str(tmp_path / "run"),
-                 "--set", "optimizer.lr=0.0005", "--no-progress"]) == 0
+                 "--set", "optimizer.lr=5e-4", "--no-progress"]) == 0
     assert '"steps": 1' in capsys.readouterr().out and (tmp_path / "run" / "last.pt").is_file()
+    run_info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    assert run_info["params"]["optimizer"]["lr"] == 5e-4
     with pytest.raises(KeyError, match="no entry 'clipp'"):
         main(["--params", str(params_file), "--model", "clipp"])

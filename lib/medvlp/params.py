@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,31 @@ from typing import Any
 import yaml
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``3e-4`` is a float, not the string ``"3e-4"``."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as params files are read everywhere in medvlp (safe; ``1e-3`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"parameter file {str(p)!r} not found; run from the repository root or pass --params")
-    return yaml.safe_load(p.read_text("utf-8")) or {}
+    return load_yaml(p.read_text("utf-8")) or {}
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -59,4 +80,4 @@ def recipe(name: str, base: dict[str, Any]) -> dict[str, Any]:
     known = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
     if name not in known:
         raise ValueError(f"unknown recipe {name!r}; known: {known}")
-    return deep_merge(base, yaml.safe_load(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {})
+    return deep_merge(base, load_yaml(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {})

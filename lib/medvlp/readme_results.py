@@ -129,29 +129,46 @@ def explain_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+FLAT_LOSS_DROP = 0.02  # a stage whose windowed training loss fell by less than this fraction is called flat
+
+
+def stage_loss_windows(train_log: Path, window: float = 0.1) -> list[tuple[float, float]]:
+    """Per training stage, the mean loss over its first and its last ``window`` fraction of steps
+    (at least one step each) from a ``train_log.csv``; single-step losses are too noisy to compare."""
+    by_stage: dict[str, list[float]] = {}
+    with open(train_log, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            by_stage.setdefault(row.get("stage", "0"), []).append(float(row["loss"]))
+    out = []
+    for losses in by_stage.values():
+        n = max(1, int(len(losses) * window))
+        out.append((sum(losses[:n]) / n, sum(losses[-n:]) / n))
+    return out
+
+
 def pretrain_markdown(pretrain_dir: Path) -> str:
-    """Steps, measured time, throughput and first / last loss of every pre-training run."""
+    """Steps, measured time, throughput and the loss trend of every pre-training run."""
     lines = ["### Pre-training (`reports/pretrain/<model>/run_info.json`)", "",
-             "| model | steps | parameters | time (s) | samples/s | loss first -> last | device |",
+             "| model | steps | parameters | time (s) | samples/s | training loss per stage, first -> last 10% "
+             "of steps | device |",
              "|---|---|---|---|---|---|---|"]
-    total = 0.0
+    total, flat = 0.0, []
     for info_path in sorted(pretrain_dir.glob("*/run_info.json")):
         info = json.loads(info_path.read_text("utf-8"))
-        losses = info.get("final_losses") or {}
-        first = _first_loss(info_path.parent / "train_log.csv")
+        windows = stage_loss_windows(info_path.parent / "train_log.csv")
         total += info["elapsed_s"]
+        trend = "; ".join(f"{a:.3f} -> {b:.3f}" for a, b in windows)
+        if windows and windows[-1][1] > (1 - FLAT_LOSS_DROP) * windows[-1][0]:
+            flat.append(info["model"])
         lines.append(f"| {info['model']} | {info['steps_done']} | {info['parameters']['total']:,} | "
-                     f"{info['elapsed_s']:.0f} | {info.get('mean_samples_per_s') or 0:.1f} | "
-                     f"{first:.3f} -> {losses.get('loss', float('nan')):.3f} | {info['device']['type']} "
-                     f"x{info['device']['world_size']} |")
+                     f"{info['elapsed_s']:.0f} | {info.get('mean_samples_per_s') or 0:.1f} | {trend} | "
+                     f"{info['device']['type']} x{info['device']['world_size']} |")
     lines += ["", f"All pre-training together: {total / 60:.1f} min."]
+    if flat:
+        lines += ["", f"Flat training loss (last stage fell by less than {FLAT_LOSS_DROP:.0%}): "
+                  f"{', '.join(flat)}. At this budget these runs barely move their objective; read their "
+                  "evaluation numbers with that in mind."]
     return "\n".join(lines)
-
-
-def _first_loss(path: Path) -> float:
-    with open(path, encoding="utf-8", newline="") as f:
-        row = next(csv.DictReader(f), None)
-    return float(row["loss"]) if row else float("nan")
 
 
 def results_markdown(metrics_dir: str | Path = "reports/metrics") -> str:

@@ -2,7 +2,7 @@
 
 Reads ``params.yaml``'s ``pretrain`` section (``common`` merged with ``models.NAME``) and trains that
 model. ``--set key=value`` overrides one flat key (YAML value syntax; dotted keys reach into the
-nested blocks, e.g. ``--set optimizer.lr=1e-4``).
+nested blocks, e.g. ``--set optimizer.lr=1e-4``; ``1e-4`` is a float).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
+from medvlp.params import load_yaml
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_override(params: dict, assignment: str) -> None:
-    """``a.b=value`` -> ``params["a"]["b"] = yaml.safe_load("value")``."""
+    """``a.b=value`` -> ``params["a"]["b"] = value`` parsed as YAML (``3e-4`` is a float)``."""
     if "=" not in assignment:
         raise ValueError(f"--set {assignment!r}: expected KEY=VALUE")
     key, value = assignment.split("=", 1)
@@ -37,7 +37,7 @@ def apply_override(params: dict, assignment: str) -> None:
     *parents, last = key.split(".")
     for p in parents:
         target = target.setdefault(p, {})
-    target[last] = yaml.safe_load(value)
+    target[last] = load_yaml(value)
 
 
 def main(argv: list[str] | None = None) -> int:
