@@ -42,5 +42,6 @@ lint: venv
 bench: venv
 	$(BIN)/python bench/losses.py
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/volume_tower.py
 	$(BIN)/python bench/image_tower.py
 	$(BIN)/python bench/recipe_memory.py

@@ -114,8 +114,8 @@ class OpenClipStep:
         groups = [{"params": [p for n, p in named if exclude(n, p) and p.requires_grad], "weight_decay": 0.0},
                   {"params": [p for n, p in named if not exclude(n, p) and p.requires_grad],
                    "weight_decay": WEIGHT_DECAY}]
-        fused = batch["image"].is_cuda or None
-        self.optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=fused)
+        # the fused kernel, as medvlp's build_optimizer picks on CPU and CUDA: the same optimiser step
+        self.optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
         self.scheduler = build_scheduler(self.optimizer, 10, 10**6)
         self.batch, self.amp_dtype = batch, amp_dtype
 

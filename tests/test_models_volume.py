@@ -6,12 +6,17 @@ import torch.nn.functional as F
 
 from medvlp.models import (
     AnatomyAttentionPool,
+    ConvEncoder3D,
     SlicePooling,
+    ViT3DEncoder,
     anatomy_token_masks,
     build_model,
+    build_volume_tower,
     encode_slices,
     sinusoidal_positions,
+    volume_size,
 )
+from medvlp.models.configs import resolve_model_config
 
 
 def _unit(x):
@@ -147,6 +152,79 @@ def test_ct_global_is_mean_pooled(volumes):
         expected = F.normalize(model.volume_proj(out.parts.mean(1)), dim=-1)
     assert out.embedding.shape == (2, 128) and out.parts.shape == (2, 256, 128)
     assert torch.allclose(out.embedding, expected, atol=1e-6) and _unit(out.embedding)
+
+
+# ---- the 3D conv volume tower ---------------------------------------------------------------------------
+
+SMALL_CONV3D = {"img_size": [32, 32, 16], "channels": [4, 8], "blocks": 2, "strides": [2, [2, 2, 1]]}
+
+
+def test_conv3d_grid_and_token_order():
+    torch.manual_seed(7)
+    tower = ConvEncoder3D(SMALL_CONV3D, token_depths=[0, -1]).eval()
+    assert tower.patch_size == (4, 4, 2) and tower.grid_size == (8, 8, 8) and tower.num_tokens == 512
+    assert tower.width == 8 and tower.token_depths == [0, 1]
+    vol = torch.randn(2, 1, 32, 32, 16)
+    maps = []
+    hooks = [block.register_forward_hook(lambda m, i, o: maps.append(o.clone())) for block in tower.last]
+    with torch.no_grad():
+        tokens = tower(vol)
+    for h in hooks:
+        h.remove()
+    assert tokens.shape == (2, 2, 512, 8)
+    gx, gy, gz = tower.grid_size
+    for depth in (0, 1):
+        for ix, iy, iz in [(0, 0, 1), (1, 0, 0), (3, 5, 7), (7, 7, 7)]:
+            n = (ix * gy + iy) * gz + iz  # MONAI's patch order, what anatomy_token_masks assumes
+            cell = tower.norm(maps[depth][:, :, ix, iy, iz])
+            assert torch.allclose(tokens[:, depth, n], cell, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg, token_depths, match", [
+    ({"chanels": [4]}, [-1], "unknown keys.*chanels"),
+    ({"img_size": [30, 32, 16], "channels": [4, 8]}, [-1], "divisible"),
+    ({"channels": [4, 8], "strides": [2]}, [-1], "one stride per stage"),
+    ({"channels": [4, 8], "blocks": 2}, [2], "token_depths"),
+    ({"channels": [4], "norm": "layer"}, [-1], "norm must be"),
+])
+def test_conv3d_bad_config_names_the_problem(cfg, token_depths, match):
+    with pytest.raises(ValueError, match=match):
+        ConvEncoder3D(cfg, token_depths)
+
+
+def test_conv3d_rejects_wrong_volume_size():
+    tower = ConvEncoder3D(SMALL_CONV3D)
+    with pytest.raises(ValueError, match=r"expected \[B, C, 32, 32, 16\]"):
+        tower(torch.zeros(1, 1, 64, 64, 32))
+
+
+@pytest.mark.parametrize("kind", ["fvlm", "ct_global"])
+def test_models_on_the_conv3d_tower_train(kind):
+    torch.manual_seed(8)
+    model = build_model(kind, volume_tower="conv3d", conv3d=SMALL_CONV3D)
+    assert isinstance(model.volume, ConvEncoder3D) and volume_size(model.config) == (32, 32, 16)
+    vol = torch.randn(2, 1, 32, 32, 16)
+    lab = torch.zeros(2, 32, 32, 16, dtype=torch.long)
+    lab[:, 4:12, 4:12, 4:8] = 1
+    if kind == "fvlm":
+        out = model.encode_volume(vol, lab)
+        assert out.valid[:, 0].all() and _unit(out.embeddings[:, 0])
+        out.embeddings[:, 0].sum().backward()
+    else:
+        out = model.encode_volume(vol)
+        assert out.parts.shape == (2, 512, 8) and _unit(out.embedding)  # width of the last stage
+        out.embedding[:, 0].sum().backward()
+    assert model.volume.stem[0][0].weight.grad.abs().sum() > 0
+
+
+def test_volume_tower_selection_and_old_configs():
+    fv = resolve_model_config("fvlm", volume_tower="conv3d", conv3d={"channels": [8, 16, 32]})
+    assert fv["conv3d"]["channels"] == [8, 16, 32] and fv["conv3d"]["img_size"] == [64, 64, 32]
+    assert volume_size(fv) == (64, 64, 32)
+    old = {k: v for k, v in resolve_model_config("fvlm").items() if k not in ("volume_tower", "conv3d")}
+    assert isinstance(build_volume_tower(old, [-1]), ViT3DEncoder)  # checkpoints from before the switch
+    with pytest.raises(ValueError, match="volume_tower must be"):
+        resolve_model_config("fvlm", volume_tower="resnet3d")
 
 
 # ---- RadCLIP ------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ TINY_2D = {
 }
 TINY_3D = {"img_size": [32, 32, 16], "patch_size": [8, 8, 8], "hidden_size": 32, "mlp_dim": 64, "num_layers": 2,
            "num_heads": 2}
+TINY_CONV3D = {"img_size": [32, 32, 16], "channels": [4, 8, 16]}
 
 
 def tiny_params(params: dict) -> dict:
@@ -41,7 +42,9 @@ def tiny_params(params: dict) -> dict:
         entry["stages"] = [{"steps": 2} for _ in entry["stages"]]
         entry.pop("global_batch_size", None)
         if name.startswith(("fvlm", "ct_clip")):
-            entry["architecture"] = {"clip_model": TINY_2D, "vit3d": TINY_3D}
+            # the tower params.yaml picks (volume_tower), shrunk
+            entry["architecture"] = {**entry.get("architecture", {}), "clip_model": TINY_2D, "vit3d": TINY_3D,
+                                     "conv3d": TINY_CONV3D}
             if name.startswith("fvlm"):
                 entry["architecture"]["pool_heads"] = 2
         if name.startswith("radclip"):

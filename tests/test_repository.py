@@ -144,7 +144,7 @@ def test_pretrain_table_averages_loss_windows_per_stage(tmp_path):
 
 
 def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
-    from medvlp.models import resolve_model_config
+    from medvlp.models import resolve_model_config, volume_size
     from medvlp.params import recipe
     from medvlp.train.config import TrainConfig
 
@@ -153,8 +153,13 @@ def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
     for model in params["pretrain"]["models"]:
         cfg = TrainConfig.from_params(stage_params(params, "pretrain", model))
         resolved = resolve_model_config(cfg.preset, **cfg.architecture)
-        sizes[model] = resolved.get("vit3d", {}).get("img_size") or resolved["clip_model"]["vision_cfg"]["image_size"]
+        if "volume_tower" in resolved:
+            assert resolved["volume_tower"] == "vit3d", model  # the papers' 3D ViT, not the CPU conv3d
+            sizes[model] = list(volume_size(resolved))
+        else:
+            sizes[model] = resolved["clip_model"]["vision_cfg"]["image_size"]
     assert sizes["conceptclip"] == 384 and sizes["fvlm"] == [352, 256, 112] and sizes["radclip"] == 224
+    assert sizes["ct_clip_global"] == sizes["fvlm_nocal"] == [352, 256, 112]
     assert cli_main(["recipe", "paper", "--base", str(REPO / "params.yaml"), "-o", str(tmp_path / "p.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "p.yaml").read_text())["pretrain"]["common"]["precision"] == "bf16"
     with pytest.raises(ValueError, match="unknown recipe"):

@@ -22,13 +22,15 @@ TINY_CLIP = {
 }
 TINY_VIT3D = {"img_size": [32, 32, 16], "patch_size": [8, 8, 8], "hidden_size": 32, "mlp_dim": 64,
               "num_layers": 2, "num_heads": 2}
+TINY_CONV3D = {"img_size": [32, 32, 16], "channels": [4, 8, 16]}  # 8 voxels per token, as TINY_VIT3D
+# fvlm trains on the 3D ViT (the paper's tower); the other two on the conv3d tower (the CPU default).
 ARCH = {
     "clip": {"clip_model": TINY_CLIP},
     "siglip": {"clip_model": TINY_CLIP},
     "conceptclip": {"clip_model": TINY_CLIP},
-    "ct_clip_global": {"clip_model": TINY_CLIP, "vit3d": TINY_VIT3D},
-    "fvlm": {"clip_model": TINY_CLIP, "vit3d": TINY_VIT3D, "pool_heads": 2},
-    "fvlm_nocal": {"clip_model": TINY_CLIP, "vit3d": TINY_VIT3D, "pool_heads": 2},
+    "ct_clip_global": {"clip_model": TINY_CLIP, "volume_tower": "conv3d", "conv3d": TINY_CONV3D},
+    "fvlm": {"clip_model": TINY_CLIP, "volume_tower": "vit3d", "vit3d": TINY_VIT3D, "pool_heads": 2},
+    "fvlm_nocal": {"clip_model": TINY_CLIP, "volume_tower": "conv3d", "conv3d": TINY_CONV3D, "pool_heads": 2},
     "radclip": {"clip_model": TINY_CLIP, "max_slices": 16, "slice_heads": 2},
     "radclip_meanpool": {"clip_model": TINY_CLIP, "max_slices": 16},
 }

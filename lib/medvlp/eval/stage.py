@@ -32,6 +32,7 @@ from medvlp.eval.evaluate import (
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
 from medvlp.models import load_model
 from medvlp.models.configs import DEFAULT_VIT3D
+from medvlp.models.volume_tower import volume_size
 
 #: The three ablations of the papers' claims: (name, collection, models in order, metric).
 ABLATIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -112,7 +113,7 @@ def run_zero_shot(*, curated_dir: str = "reports/curated", data_dir: str = "data
     studies: dict[tuple, Any] = {}
     for name in tqdm(ct_models, desc="zero-shot CT", disable=not progress):
         model = load_model(checkpoint_path(pretrain_dir, name, checkpoint))
-        size = tuple(model.config.get("vit3d", DEFAULT_VIT3D)["img_size"]) if "vit3d" in model.config \
+        size = volume_size(model.config) if "vit3d" in model.config \
             else _radclip_volume_size(pretrain_dir, name)
         if size not in studies:
             studies[size] = load_ct(curated_dir, split, anatomies, size, data / "ct" / "ct_truth.jsonl")

@@ -11,6 +11,7 @@ from medvlp.eval.stage import checkpoint_path
 from medvlp.explain.heatmaps import anatomy_attention_maps
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.models import FVLM, load_model
+from medvlp.models.volume_tower import volume_size
 
 
 def attention_examples(model_name: str = "fvlm", n: int = 2, *, curated_dir: str = "reports/curated",
@@ -26,7 +27,7 @@ def attention_examples(model_name: str = "fvlm", n: int = 2, *, curated_dir: str
     lexicon = load_anatomy_lexicon(anatomy_lexicon)
     truth_path = Path(data_dir) / "ct" / "ct_truth.jsonl"
     truth = read_truth(truth_path)
-    studies = load_ct(curated_dir, split, lexicon, model.config["vit3d"]["img_size"], truth_path)
+    studies = load_ct(curated_dir, split, lexicon, volume_size(model.config), truth_path)
     ids = [a.id for a in lexicon.anatomies]
     out = []
     for i, sid in enumerate(studies.ids):

@@ -1,5 +1,5 @@
-"""medvlp model zoo: 2D dual encoders on open_clip towers, fVLM and a global baseline on a MONAI 3D ViT,
-RadCLIP slice pooling. Models return embeddings; losses live in ``medvlp.losses``.
+"""medvlp model zoo: 2D dual encoders on open_clip towers, fVLM and a global baseline on a MONAI 3D ViT
+or a small 3D conv net, RadCLIP slice pooling. Models return embeddings; losses live in ``medvlp.losses``.
 
 Build with ``build_model(preset_or_config, **overrides)``. Presets: ``clip``, ``siglip``,
 ``conceptclip`` (kind ``dual_encoder``), ``fvlm``, ``ct_global`` (= ``ct_clip_global``), ``radclip``,
@@ -18,13 +18,18 @@ dual_encoder
                           ``concept_logit_scale`` / ``concept_logit_bias``.
     ``head_hidden``       MLP hidden width (None = input width).
 fvlm
+    ``volume_tower``      ``"vit3d"`` (default; fVLM's MONAI 3D ViT) or ``"conv3d"`` (the small 3D conv net
+                          of ``conv3d.py``, which learns on a CPU budget).
     ``vit3d``             ``monai.networks.nets.ViT`` kwargs (default 64x64x32 voxels, patch 8, width 128,
                           4 layers, 4 heads, mlp 256, 1 channel).
-    ``token_depths``      ViT blocks whose tokens are pooled (default [-2, -1]).
+    ``conv3d``            ``ConvEncoder3D`` config (default 64x64x32 voxels, channels 16/32/64, 2 blocks per
+                          stage, stride 2 per stage: the same 8x8x4 token grid).
+    ``token_depths``      blocks whose tokens are pooled (default [-2, -1]): ViT blocks, or the blocks of
+                          the conv3d tower's last stage.
     ``anatomy_labels``    label values of the A anatomies (None = medvlp's anatomy lexicon, 10).
     ``pool_heads``        heads of the shared anatomy attention.
 ct_global
-    ``vit3d``             as fvlm; mean over all last-block tokens, linear projection.
+    ``volume_tower``, ``vit3d``, ``conv3d``   as fvlm; mean over all last-block tokens, linear projection.
 radclip (the dual_encoder keys, without concept heads, plus)
     ``slice_pooling``     ``"attention"`` or ``"mean"`` (ablation).
     ``slice_heads``, ``slice_layers``, ``slice_pos`` (``"learnable"`` | ``"sinusoidal"``), ``max_slices``.
@@ -51,6 +56,7 @@ from medvlp.models.configs import (
     list_clip_configs,
     resolve_model_config,
 )
+from medvlp.models.conv3d import DEFAULT_CONV3D, ConvEncoder3D
 from medvlp.models.ct_global import CTGlobalCLIP
 from medvlp.models.dual_encoder import DualEncoder, span_mean
 from medvlp.models.factory import build_model, count_parameters
@@ -61,14 +67,15 @@ from medvlp.models.radclip import RadCLIP
 from medvlp.models.slice_pooling import SlicePooling, encode_slices, sinusoidal_positions
 from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder, build_tokenizer
 from medvlp.models.vit3d import ViT3DEncoder
+from medvlp.models.volume_tower import build_volume_tower, volume_size
 
 __all__ = [
-    "DEFAULT_VIT3D", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE", "MODEL_KINDS", "PRESETS",
-    "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput", "CTGlobalCLIP", "DualEncoder", "DualOutput",
-    "FVLM", "ImageEncoder", "ImageOutput", "MLPHead", "RadCLIP", "SlicePooling", "TextEncoder", "TextOutput",
-    "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput", "anatomy_token_masks", "atomic_torch_save",
-    "build_model", "build_tokenizer", "char_spans_to_token_spans", "count_parameters", "encode_slices",
-    "get_clip_config", "list_clip_configs", "load_medvlp_weights",
-    "load_model", "load_open_clip_weights", "read_model_file",
-    "resolve_model_config", "save_model", "sinusoidal_positions", "span_mean", "tokenize_with_concepts",
+    "DEFAULT_CONV3D", "DEFAULT_VIT3D", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE", "MODEL_KINDS",
+    "PRESETS", "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput", "CTGlobalCLIP", "ConvEncoder3D",
+    "DualEncoder", "DualOutput", "FVLM", "ImageEncoder", "ImageOutput", "MLPHead", "RadCLIP", "SlicePooling",
+    "TextEncoder", "TextOutput", "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput", "anatomy_token_masks",
+    "atomic_torch_save", "build_model", "build_volume_tower", "build_tokenizer", "char_spans_to_token_spans",
+    "count_parameters", "encode_slices", "get_clip_config", "list_clip_configs", "load_medvlp_weights",
+    "load_model", "load_open_clip_weights", "read_model_file", "resolve_model_config", "save_model",
+    "sinusoidal_positions", "span_mean", "tokenize_with_concepts", "volume_size",
 ]

@@ -22,6 +22,8 @@ from typing import Any
 
 import open_clip
 
+from medvlp.models.conv3d import DEFAULT_CONV3D
+
 LOG_INIT_LOGIT_SCALE = math.log(1 / 0.07)
 INIT_LOGIT_BIAS = -10.0
 
@@ -57,14 +59,18 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "fvlm": {
         **_COMMON,
+        "volume_tower": "vit3d",
         "vit3d": DEFAULT_VIT3D,
+        "conv3d": DEFAULT_CONV3D,
         "token_depths": [-2, -1],
         "anatomy_labels": None,
         "pool_heads": 4,
     },
     "ct_global": {
         **_COMMON,
+        "volume_tower": "vit3d",
         "vit3d": DEFAULT_VIT3D,
+        "conv3d": DEFAULT_CONV3D,
     },
     "radclip": {
         **_COMMON,
@@ -200,10 +206,17 @@ def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
         if config["slice_pos"] not in ("learnable", "sinusoidal"):
             raise ValueError(f"model config: slice_pos must be 'learnable' or 'sinusoidal', "
                              f"got {config['slice_pos']!r}")
+    if kind in ("fvlm", "ct_global"):
+        tower = config["volume_tower"]
+        if tower not in ("vit3d", "conv3d"):
+            raise ValueError(f"model config: volume_tower must be 'vit3d' or 'conv3d', got {tower!r}")
     if kind == "fvlm":
-        layers = config["vit3d"]["num_layers"]
+        if config["volume_tower"] == "vit3d":
+            layers, what = config["vit3d"]["num_layers"], "ViT blocks"
+        else:
+            layers, what = int(config["conv3d"]["blocks"]), "blocks of the conv3d tower's last stage"
         bad = [d for d in config["token_depths"] if not -layers <= d < layers]
         if bad or not config["token_depths"]:
             raise ValueError(f"model config: token_depths {config['token_depths']} must be non-empty indices "
-                             f"into the {layers} ViT blocks (python-style, -1 = last)")
+                             f"into the {layers} {what} (python-style, -1 = last)")
     return config

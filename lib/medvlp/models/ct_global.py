@@ -1,4 +1,4 @@
-"""CT-CLIP-style global baseline: the fVLM 3D ViT with mean pooling over all tokens."""
+"""CT-CLIP-style global baseline: fVLM's volume tower with mean pooling over all tokens."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ from torch import nn
 from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter
 from medvlp.models.outputs import TextOutput, VolumeOutput
 from medvlp.models.towers import TextEncoder
-from medvlp.models.vit3d import ViT3DEncoder
+from medvlp.models.volume_tower import build_volume_tower
 
 
 class CTGlobalCLIP(nn.Module, LogitScalesMixin):
-    """One embedding per volume: ``norm(Linear(mean_n tokens[:, n]))`` from the last ViT block.
+    """One embedding per volume: ``norm(Linear(mean_n tokens[:, n]))`` from the volume tower's last block.
 
     Args:
         config: resolved model config of kind ``ct_global``: ``clip_model`` (its text tower and
-            embed_dim are used), ``text_pool``, ``vit3d``, ``init_logit_scale``, ``init_logit_bias``.
+            embed_dim are used), ``text_pool``, ``volume_tower``,
+            ``vit3d`` / ``conv3d``, ``init_logit_scale``, ``init_logit_bias``.
     """
 
     def __init__(self, config: dict):
@@ -26,7 +27,7 @@ class CTGlobalCLIP(nn.Module, LogitScalesMixin):
         clip = config["clip_model"]
         embed_dim, quick_gelu = int(clip["embed_dim"]), bool(clip.get("quick_gelu", False))
         self.embed_dim = embed_dim
-        self.volume = ViT3DEncoder(config["vit3d"], token_depths=(-1,))
+        self.volume = build_volume_tower(config, token_depths=(-1,))
         self.volume_proj = nn.Linear(self.volume.width, embed_dim)
         self.text = TextEncoder(embed_dim, clip["text_cfg"], quick_gelu, pool=config["text_pool"])
         self.logit_scale = scalar_parameter(config["init_logit_scale"])

@@ -1,4 +1,4 @@
-"""fVLM: 3D ViT + per-anatomy mask-guided attention pooling, and an open_clip text tower."""
+"""fVLM: a 3D volume tower (MONAI ViT or conv net), per-anatomy mask-guided attention pooling, a text tower."""
 
 from __future__ import annotations
 
@@ -10,19 +10,21 @@ from medvlp.models.anatomy_pooling import AnatomyAttentionPool, anatomy_token_ma
 from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter
 from medvlp.models.outputs import AnatomyOutput, TextOutput
 from medvlp.models.towers import TextEncoder
-from medvlp.models.vit3d import ViT3DEncoder
+from medvlp.models.volume_tower import build_volume_tower
 
 
 class FVLM(nn.Module, LogitScalesMixin):
     """Anatomy-level CT-report model.
 
-    Volume side: MONAI 3D ViT tokens from ``token_depths`` concatenated along the token axis
+    Volume side: tokens of the volume tower (``volume_tower``: the MONAI 3D ViT, or the 3D conv net
+    of ``conv3d.py``) from ``token_depths`` concatenated along the token axis
     [B, D*N, W]; each anatomy's learnable query attends (shared MHA) over its own tokens at every
     depth; per-anatomy linear projection; L2 norm -> [B, A, E]. Text side: the open_clip text tower of
     ``clip_model`` (anatomy texts are encoded as a flat batch).
 
     Args:
-        config: resolved model config of kind ``fvlm``: ``clip_model``, ``text_pool``, ``vit3d``,
+        config: resolved model config of kind ``fvlm``: ``clip_model``, ``text_pool``, ``volume_tower``,
+            ``vit3d`` / ``conv3d``,
             ``token_depths``, ``anatomy_labels`` (None -> labels of medvlp's anatomy lexicon),
             ``pool_heads``, ``init_logit_scale``, ``init_logit_bias``.
     """
@@ -37,7 +39,7 @@ class FVLM(nn.Module, LogitScalesMixin):
             labels = [a.label for a in load_anatomy_lexicon().anatomies]
         self.anatomy_labels: list[int] = [int(v) for v in labels]
         self.embed_dim = embed_dim
-        self.volume = ViT3DEncoder(config["vit3d"], config["token_depths"])
+        self.volume = build_volume_tower(config, config["token_depths"])
         self.pool = AnatomyAttentionPool(len(self.anatomy_labels), self.volume.width, embed_dim,
                                          int(config["pool_heads"]))
         self.text = TextEncoder(embed_dim, clip["text_cfg"], quick_gelu, pool=config["text_pool"])

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def apply_override(params: dict, assignment: str) -> None:
-    """``a.b=value`` -> ``params["a"]["b"] = value`` parsed as YAML (``3e-4`` is a float)``."""
+    """``a.b=value`` -> ``params["a"]["b"] = value`` parsed as YAML (``3e-4`` is a float)."""
     if "=" not in assignment:
         raise ValueError(f"--set {assignment!r}: expected KEY=VALUE")
     key, value = assignment.split("=", 1)
