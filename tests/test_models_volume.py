@@ -13,6 +13,8 @@ from medvlp.models import (
     build_model,
     build_volume_tower,
     encode_slices,
+    has_volume_tower,
+    input_volume_size,
     sinusoidal_positions,
     volume_size,
 )
@@ -225,6 +227,16 @@ def test_volume_tower_selection_and_old_configs():
     assert isinstance(build_volume_tower(old, [-1]), ViT3DEncoder)  # checkpoints from before the switch
     with pytest.raises(ValueError, match="volume_tower must be"):
         resolve_model_config("fvlm", volume_tower="resnet3d")
+
+
+def test_input_volume_size_of_every_kind():
+    assert input_volume_size(resolve_model_config("fvlm", conv3d={"img_size": [32, 32, 16]},
+                                                  volume_tower="conv3d")) == (32, 32, 16)
+    assert input_volume_size(resolve_model_config("ct_global")) == (64, 64, 32)
+    radclip = resolve_model_config("radclip")  # encodes slices: any size, the default 3D ViT's if unset
+    assert not has_volume_tower(radclip) and input_volume_size(radclip) == (64, 64, 32)
+    with pytest.raises(ValueError, match="has no 'vit3d' volume tower"):
+        volume_size(radclip)
 
 
 # ---- RadCLIP ------------------------------------------------------------------------------------------

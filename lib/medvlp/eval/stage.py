@@ -31,8 +31,7 @@ from medvlp.eval.evaluate import (
 )
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
 from medvlp.models import load_model
-from medvlp.models.configs import DEFAULT_VIT3D
-from medvlp.models.volume_tower import volume_size
+from medvlp.models.volume_tower import has_volume_tower, input_volume_size, volume_size
 
 #: The three ablations of the papers' claims: (name, collection, models in order, metric).
 ABLATIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -113,8 +112,8 @@ def run_zero_shot(*, curated_dir: str = "reports/curated", data_dir: str = "data
     studies: dict[tuple, Any] = {}
     for name in tqdm(ct_models, desc="zero-shot CT", disable=not progress):
         model = load_model(checkpoint_path(pretrain_dir, name, checkpoint))
-        size = volume_size(model.config) if "vit3d" in model.config \
-            else _radclip_volume_size(pretrain_dir, name)
+        size = volume_size(model.config) if has_volume_tower(model.config) \
+            else _radclip_volume_size(pretrain_dir, name, model.config)
         if size not in studies:
             studies[size] = load_ct(curated_dir, split, anatomies, size, data / "ct" / "ct_truth.jsonl")
         report["ct"][name] = evaluate_ct(model, studies[size], anatomies, negative=ct_negative_prompt,
@@ -130,11 +129,11 @@ def run_zero_shot(*, curated_dir: str = "reports/curated", data_dir: str = "data
     return report
 
 
-def _radclip_volume_size(pretrain_dir: str | Path, name: str) -> tuple[int, int, int]:
+def _radclip_volume_size(pretrain_dir: str | Path, name: str, config: dict) -> tuple[int, int, int]:
     """The CT input size a RadCLIP model was trained with (its run's ``volume.spatial_size``)."""
     info = json.loads((Path(pretrain_dir) / name / "run_info.json").read_text("utf-8"))
-    size = info["params"]["volume"].get("spatial_size") or DEFAULT_VIT3D["img_size"]
-    return tuple(int(s) for s in size)
+    size = info["params"]["volume"].get("spatial_size")
+    return tuple(int(s) for s in size) if size else input_volume_size(config)
 
 
 #: The claims the ablations test: (ablation, baseline, method, what the paper reports).

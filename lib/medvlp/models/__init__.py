@@ -52,6 +52,7 @@ from medvlp.models.configs import (
     KIND_DEFAULTS,
     MODEL_KINDS,
     PRESETS,
+    VOLUME_TOWERS,
     get_clip_config,
     list_clip_configs,
     resolve_model_config,
@@ -67,15 +68,16 @@ from medvlp.models.radclip import RadCLIP
 from medvlp.models.slice_pooling import SlicePooling, encode_slices, sinusoidal_positions
 from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder, build_tokenizer
 from medvlp.models.vit3d import ViT3DEncoder
-from medvlp.models.volume_tower import build_volume_tower, volume_size
+from medvlp.models.volume_tower import build_volume_tower, has_volume_tower, input_volume_size, volume_size
 
 __all__ = [
-    "DEFAULT_CONV3D", "DEFAULT_VIT3D", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE", "MODEL_KINDS",
-    "PRESETS", "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput", "CTGlobalCLIP", "ConvEncoder3D",
-    "DualEncoder", "DualOutput", "FVLM", "ImageEncoder", "ImageOutput", "MLPHead", "RadCLIP", "SlicePooling",
-    "TextEncoder", "TextOutput", "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput", "anatomy_token_masks",
-    "atomic_torch_save", "build_model", "build_volume_tower", "build_tokenizer", "char_spans_to_token_spans",
-    "count_parameters", "encode_slices", "get_clip_config", "list_clip_configs", "load_medvlp_weights",
-    "load_model", "load_open_clip_weights", "read_model_file", "resolve_model_config", "save_model",
-    "sinusoidal_positions", "span_mean", "tokenize_with_concepts", "volume_size",
+    "DEFAULT_CONV3D", "DEFAULT_VIT3D", "FVLM", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE",
+    "MODEL_KINDS", "PRESETS", "VOLUME_TOWERS", "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput",
+    "CTGlobalCLIP", "ConvEncoder3D", "DualEncoder", "DualOutput", "ImageEncoder", "ImageOutput", "MLPHead",
+    "RadCLIP", "SlicePooling", "TextEncoder", "TextOutput", "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput",
+    "anatomy_token_masks", "atomic_torch_save", "build_model", "build_tokenizer", "build_volume_tower",
+    "char_spans_to_token_spans", "count_parameters", "encode_slices", "get_clip_config", "has_volume_tower",
+    "input_volume_size", "list_clip_configs", "load_medvlp_weights", "load_model", "load_open_clip_weights",
+    "read_model_file", "resolve_model_config", "save_model", "sinusoidal_positions", "span_mean",
+    "tokenize_with_concepts", "volume_size",
 ]

@@ -24,6 +24,9 @@ import open_clip
 
 from medvlp.models.conv3d import DEFAULT_CONV3D
 
+#: The volume towers of the 3D kinds (``volume_tower``): fVLM's MONAI 3D ViT, medvlp's 3D conv net.
+VOLUME_TOWERS = ("vit3d", "conv3d")
+
 LOG_INIT_LOGIT_SCALE = math.log(1 / 0.07)
 INIT_LOGIT_BIAS = -10.0
 
@@ -208,8 +211,8 @@ def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
                              f"got {config['slice_pos']!r}")
     if kind in ("fvlm", "ct_global"):
         tower = config["volume_tower"]
-        if tower not in ("vit3d", "conv3d"):
-            raise ValueError(f"model config: volume_tower must be 'vit3d' or 'conv3d', got {tower!r}")
+        if tower not in VOLUME_TOWERS:
+            raise ValueError(f"model config: volume_tower must be one of {VOLUME_TOWERS}, got {tower!r}")
     if kind == "fvlm":
         if config["volume_tower"] == "vit3d":
             layers, what = config["vit3d"]["num_layers"], "ViT blocks"

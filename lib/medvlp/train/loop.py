@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.models import FVLM, build_model, count_parameters, load_medvlp_weights, load_open_clip_weights
-from medvlp.models.volume_tower import volume_size
+from medvlp.models.volume_tower import input_volume_size
 from medvlp.train.checkpoint import (
     BEST,
     LAST,
@@ -326,7 +326,7 @@ class Trainer:
                                        brightness=aug["brightness"], contrast=aug["contrast"])
             return FigureItems(transform, text_cfg, with_concepts=stage.pc_align_weight > 0)
         vol = self.cfg.volume
-        size = vol["spatial_size"] or volume_size(self.model.config)
+        size = vol["spatial_size"] or input_volume_size(self.model.config)
         transform = VolumeTransform(size, hu_window=vol["hu_window"], pixdim=vol["pixdim"],
                                     flip_prob=vol["flip_prob"], flip_axes=vol["flip_axes"])
         anatomies = None
