@@ -1,6 +1,6 @@
 """Which 2D image tower learns the synthetic findings on a CPU budget? ViT vs medvlp's conv tower.
 
-    .venv/bin/python bench/image_tower.py [--steps 600] [--batch 64] [--eval-every 200]
+    .venv/bin/python bench/image_tower.py [--steps 600] [--batch 64] [--eval-every 200] [--conv-sizes 96 128]
 
 Both towers (``medvlp-tiny``: open_clip ViT, 64 px, patch 8, 4 x 128; ``medvlp-conv-tiny``: 3 stages
 of 3x3 convolutions, 64 px) are trained the same way, *supervised*, on the curated training figures
@@ -10,6 +10,8 @@ both. Every ``--eval-every`` steps the within-modality macro AUROC on the valida
 (a finding scored on the images of its modalities, as the zero-shot evaluation does), with the wall
 time. Supervised training bounds what contrastive pre-training of the same tower can reach in the
 same number of steps; the ratio line compares the conv tower against the ViT (the named baseline).
+``--conv-sizes`` adds the same conv tower at larger input sizes (its stages unchanged, so the grid of
+cells grows with the image): how much of the bound is the 64 px input, and at what cost per step.
 
 Needs the curate stage's output (``dvc repro curate``).
 """
@@ -17,6 +19,7 @@ Needs the curate stage's output (``dvc repro curate``).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -27,9 +30,18 @@ from medvlp.eval.evaluate import finding_pairs
 from medvlp.eval.metrics import auroc_table
 from medvlp.lexicon import load_concept_lexicon
 from medvlp.models import build_model
+from medvlp.models.configs import get_clip_config
 from medvlp.train.transforms import ImageTransform
 
 TOWERS = {"vit (medvlp-tiny)": "medvlp-tiny", "conv (medvlp-conv-tiny)": "medvlp-conv-tiny"}
+BASELINE = "vit (medvlp-tiny)"
+
+
+def conv_at(image_size: int) -> dict:
+    """``medvlp-conv-tiny`` with input size ``image_size`` (same stages: a finer grid of cells)."""
+    cfg = copy.deepcopy(get_clip_config("medvlp-conv-tiny"))
+    cfg["vision_cfg"]["image_size"] = image_size
+    return cfg
 
 
 def main() -> None:
@@ -37,6 +49,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--conv-sizes", type=int, nargs="*", default=[],
+                        help="also train the conv tower at these input sizes (px, multiples of 8)")
     parser.add_argument("--curated", default="reports/curated")
     parser.add_argument("--truth", default="data/figures/figures_truth.jsonl")
     args = parser.parse_args()
@@ -48,8 +62,9 @@ def main() -> None:
     keep = np.flatnonzero(train.has_truth)
     labels = torch.tensor(train.labels, dtype=torch.float32)
     valid = finding_pairs(val, lexicon)
+    towers = {**TOWERS, **{f"conv {size} px": conv_at(size) for size in args.conv_sizes}}
     runs = {}
-    for name, config in TOWERS.items():
+    for name, config in towers.items():
         model = build_model("clip", clip_model=config)
         head = torch.nn.Linear(model.embed_dim, labels.shape[1])
         params = [*model.image.parameters(), *head.parameters()]
@@ -80,10 +95,12 @@ def main() -> None:
                 m = aucs[name]
                 print(f"step {step:5d}  {name:24s} val within-modality macro AUROC {m['auc']:.3f} "
                       f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]  train time {run['time']:.0f} s")
-            vit_name, conv_name = TOWERS
-            lift = (aucs[conv_name]["auc"] - 0.5) / max(aucs[vit_name]["auc"] - 0.5, 1e-6)
-            print(f"           ratio conv / vit: AUROC above chance {lift:.2f}x, "
-                  f"time per step {runs[conv_name]['time'] / runs[vit_name]['time']:.2f}x", flush=True)
+            for name in towers:
+                if name == BASELINE:
+                    continue
+                lift = (aucs[name]["auc"] - 0.5) / max(aucs[BASELINE]["auc"] - 0.5, 1e-6)
+                print(f"           ratio {name} / vit: AUROC above chance {lift:.2f}x, "
+                      f"time per step {runs[name]['time'] / runs[BASELINE]['time']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -164,3 +164,11 @@ def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "p.yaml").read_text())["pretrain"]["common"]["precision"] == "bf16"
     with pytest.raises(ValueError, match="unknown recipe"):
         recipe("nope", {})
+
+
+def test_chance_counts_use_the_whole_ci():
+    from medvlp.readme_results import chance_counts
+
+    per = {"a": {"ci_low": 0.55, "ci_high": 0.7}, "b": {"ci_low": 0.45, "ci_high": 0.6},
+           "c": {"ci_low": 0.2, "ci_high": 0.49}, "d": {"ci_low": 0.5, "ci_high": 0.8}}
+    assert chance_counts(per) == "1 / 1 of 4"  # d touches 0.5: neither above nor below

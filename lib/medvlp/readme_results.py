@@ -66,6 +66,19 @@ def _boot(d: dict) -> str:
     return _ci(d["auc"], [d["ci_low"], d["ci_high"]])
 
 
+def chance_counts(per_class: dict) -> str:
+    """``"a / b of n"``: classes whose bootstrap CI lies wholly above / below an AUROC of 0.5."""
+    above = sum(v["ci_low"] > 0.5 for v in per_class.values())
+    below = sum(v["ci_high"] < 0.5 for v in per_class.values())
+    return f"{above} / {below} of {len(per_class)}"
+
+
+def _mean_similarity(findings: dict) -> str:
+    """Mean over modalities of the within-modality prompt cosine (``-`` for reports without it)."""
+    sims = findings.get("prompt_similarity") or {}
+    return f"{sum(sims.values()) / len(sims):.3f}" if sims else "-"
+
+
 def _target(name: str, value: float, threshold: float) -> str:
     met = "met" if value >= threshold else "**not met**"
     return f"{name} {value:.3f} (issue target >= {threshold:.2f}: {met})"
@@ -75,32 +88,36 @@ def zero_shot_markdown(report: dict) -> str:
     """The claims, the per-model headline numbers and the issue targets from ``zero_shot.json``."""
     lines = ["### Do the papers' claims reproduce here? (`reports/metrics/zero_shot.json`)", "",
              f"Held-out {report['split']} split: {report.get('n_figures', 0)} figures, {report.get('n_studies', 0)} "
-             f"CT studies; AUROC with {report['n_boot']}-sample bootstrap 95% CIs. Verdicts are computed: "
-             "*reproduced* when the method's whole CI lies above the baseline's estimate, *not reproduced* when "
-             "its estimate is not above it, *inconclusive* otherwise.", "",
+             f"CT studies; AUROC with {report['n_boot']}-sample bootstrap 95% CIs. A class is *above* / *below* "
+             "chance when its whole AUROC CI lies above / below 0.5. Verdicts are computed: *reproduced* when "
+             "the method's whole CI lies above the baseline's estimate, *not reproduced* when its estimate is "
+             "not above it, *inconclusive* otherwise.", "",
              "| claim | baseline | AUROC | method | AUROC | verdict |", "|---|---|---|---|---|---|"]
     for c in report.get("claims", []):
         lines.append(f"| {c['claim']} | {c['baseline']} | {_ci(c['baseline_auc'], c['baseline_ci'])} | "
                      f"{c['method']} | {_ci(c['method_auc'], c['method_ci'])} | {c['verdict']} |")
     figures, ct = report.get("figures", {}), report.get("ct", {})
     if figures:
-        lines += ["", "| 2D model | findings macro AUROC | image->text R@1 / R@10 | text->image R@1 / R@10 | "
-                  "linear probe AUROC (1% / 10% / 100% labels) |", "|---|---|---|---|---|"]
+        lines += ["", "| 2D model | findings macro AUROC | findings above / below chance | "
+                  "prompt cosine within modality | "
+                  "image->text R@1 / R@10 | text->image R@1 / R@10 | linear probe AUROC (1% / 10% / 100% labels) |",
+                  "|---|---|---|---|---|---|---|"]
         for m, r in figures.items():
             macro = r["findings"]["macro"]
             i2t, t2i = r["retrieval"]["image_to_text"], r["retrieval"]["text_to_image"]
             probe = " / ".join(f"{v['macro']['auc']:.3f}" for _, v in sorted(r["linear_probe"].items(),
                                                                               key=lambda kv: float(kv[0])))
             lines.append(f"| {m} | {_ci(macro['auc'], [macro['ci_low'], macro['ci_high']])} | "
+                         f"{chance_counts(r['findings']['per_finding'])} | {_mean_similarity(r['findings'])} | "
                          f"{i2t['recall@1']['estimate']:.3f} / {i2t['recall@10']['estimate']:.3f} | "
                          f"{t2i['recall@1']['estimate']:.3f} / {t2i['recall@10']['estimate']:.3f} | {probe} |")
     if ct:
-        lines += ["", "| CT model | mean AUROC over diseases | F1 | sensitivity | specificity |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| CT model | mean AUROC over diseases | diseases above / below chance | F1 | sensitivity | "
+                  "specificity |", "|---|---|---|---|---|---|"]
         for m, r in ct.items():
             mean = r["mean"]
-            lines.append(f"| {m} | {_ci(mean['auc'], mean['ci'])} | {mean['f1']:.3f} | {mean['sensitivity']:.3f} | "
-                         f"{mean['specificity']:.3f} |")
+            lines.append(f"| {m} | {_ci(mean['auc'], mean['ci'])} | {chance_counts(r['per_disease'])} | "
+                         f"{mean['f1']:.3f} | {mean['sensitivity']:.3f} | {mean['specificity']:.3f} |")
     targets = []
     if "conceptclip" in figures:
         targets.append(_target("conceptclip macro AUROC", figures["conceptclip"]["findings"]["macro"]["auc"], 0.85))

@@ -19,7 +19,7 @@ from medvlp.eval.data import CTSet, FigureSet, figure_tensors
 from medvlp.eval.encode import ImageFeatures, encode_images, encode_texts, encode_volumes
 from medvlp.eval.linear_probe import linear_probe
 from medvlp.eval.metrics import auroc_table, bootstrap_auroc, bootstrap_retrieval, operating_point
-from medvlp.eval.zero_shot import LOCAL_TOP_K, disease_scores, finding_scores
+from medvlp.eval.zero_shot import LOCAL_TOP_K, disease_scores, finding_scores, prompt_similarity
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
 
 
@@ -44,14 +44,20 @@ def evaluate_findings(model: nn.Module, figures: FigureSet, lexicon: ConceptLexi
 
     ``scoring`` says which ConceptCLIP score was used: ``global`` (softmax over the modality's
     findings of the global similarities) or ``global+local`` (with the PC-Align patch term).
+    ``prompt_similarity`` (and ``concept_prompt_similarity`` with the local term): per modality the
+    mean cosine between its findings' prompt embeddings (:func:`~medvlp.eval.zero_shot.prompt_similarity`).
     """
     scores = finding_scores(model, feats, figures.modalities, lexicon, local_weight=local_weight, top_k=top_k)
     table = auroc_table(figures.labels, scores, [c.id for c in lexicon.concepts], n_boot=n_boot, seed=seed,
                         valid=finding_pairs(figures, lexicon))
     local = feats.patches is not None and local_weight > 0
-    return {"scoring": "global+local" if local else "global", "local_weight": local_weight if local else 0.0,
-            "per_finding": {k: v for k, v in table.items() if k not in ("macro", "skipped")},
-            "macro": table["macro"], "skipped": table["skipped"]}
+    out = {"scoring": "global+local" if local else "global", "local_weight": local_weight if local else 0.0,
+           "per_finding": {k: v for k, v in table.items() if k not in ("macro", "skipped")},
+           "macro": table["macro"], "skipped": table["skipped"],
+           "prompt_similarity": prompt_similarity(model, lexicon, figures.modalities)}
+    if local:
+        out["concept_prompt_similarity"] = prompt_similarity(model, lexicon, figures.modalities, concepts=True)
+    return out
 
 
 def evaluate_retrieval(model: nn.Module, figures: FigureSet, feats: ImageFeatures, *,

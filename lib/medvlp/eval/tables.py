@@ -38,6 +38,18 @@ def findings_table(report: Mapping[str, Any], names: Mapping[str, str] | None = 
     return pd.DataFrame(out)
 
 
+def prompt_similarity_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """Per 2D model and modality: the mean cosine between the findings' prompt embeddings (global text
+    space, and the PC-Align concept space where the model has one); 1.0 = the findings are one text."""
+    rows = []
+    for model, res in report["figures"].items():
+        findings = res["findings"]
+        for space, key in (("global", "prompt_similarity"), ("concept", "concept_prompt_similarity")):
+            if key in findings:
+                rows.append({"model": model, "text space": space, **{m: round(v, 3) for m, v in findings[key].items()}})
+    return pd.DataFrame(rows).set_index(["model", "text space"]) if rows else pd.DataFrame()
+
+
 def retrieval_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """Recall@K and median rank of both directions for every 2D model."""
     rows = []

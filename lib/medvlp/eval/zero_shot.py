@@ -88,6 +88,33 @@ def finding_scores(model: nn.Module, feats: ImageFeatures, modalities: Sequence[
     return out
 
 
+def prompt_similarity(model: nn.Module, lexicon: ConceptLexicon, modalities: Sequence[str], *,
+                      templates: Sequence[str] = FINDING_TEMPLATES, concepts: bool = False) -> dict[str, float]:
+    """Per modality, the mean cosine between the prompt ensembles of its different findings.
+
+    A diagnostic of the text side of zero-shot classification: near 1 the text tower gives every
+    finding of the modality the same embedding, so no image can be told apart by finding, however
+    well the image tower encodes it. Modalities with fewer than two findings are left out.
+
+    Args:
+        modalities: the modality ids to report (e.g. those of the evaluation images).
+        concepts: compare the PC-Align concept embeddings of the class names (the local score's text
+            side) instead of the global text embeddings.
+    """
+    by_id = {m.id: m for m in lexicon.modalities}
+    out = {}
+    for mod in sorted(set(modalities)):
+        classes = lexicon.for_modality(mod)
+        if len(classes) < 2:
+            continue
+        emb = prompt_ensembles(model, [finding_prompts(c, by_id.get(mod), templates) for c in classes],
+                               concepts=concepts)  # [C, E], normalised
+        sims = emb @ emb.T
+        off_diagonal = ~torch.eye(len(classes), dtype=torch.bool)
+        out[mod] = float(sims[off_diagonal].mean())
+    return out
+
+
 def _scale_bias(model: nn.Module, prefix: str) -> tuple[float, float]:
     """``(t, b)`` of ``<prefix>_scale`` / ``<prefix>_bias`` (b = 0 for models without a bias)."""
     scale = float(getattr(model, f"{prefix}_scale_exp")())
