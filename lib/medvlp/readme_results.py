@@ -99,7 +99,7 @@ def zero_shot_markdown(report: dict) -> str:
     figures, ct = report.get("figures", {}), report.get("ct", {})
     if figures:
         lines += ["", "| 2D model | findings macro AUROC | findings above / below chance | "
-                  "prompt cosine within modality | "
+                  "prompt cosine within a modality (mean) | "
                   "image->text R@1 / R@10 | text->image R@1 / R@10 | linear probe AUROC (1% / 10% / 100% labels) |",
                   "|---|---|---|---|---|---|---|"]
         for m, r in figures.items():
