@@ -1,7 +1,9 @@
-"""Zero-shot diagnostics: the within-modality similarity of the findings' prompt embeddings."""
+"""Zero-shot diagnostics: the within-modality similarity of the findings' prompt embeddings and the
+caption-scored (text-side) finding AUROC."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,3 +65,47 @@ def test_prompt_similarity_table_rows_per_text_space():
     assert table.loc[("clip", "global"), "fundus"] == 0.999
     assert table.loc[("conceptclip", "concept"), "fundus"] == 0.25
     assert prompt_similarity_table({"figures": {}}).empty
+
+
+def test_caption_macro_scores_each_figure_by_its_own_caption(lexicon, monkeypatch):
+    from medvlp.eval import encode, evaluate
+    from medvlp.eval.data import FigureSet
+    from medvlp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("clip", clip_model="medvlp-conv-tiny")
+    classes = lexicon.for_modality("fundus")
+    n, dim = len(classes), model.embed_dim
+    column = {c.id: i for i, c in enumerate(lexicon.concepts)}
+    labels = np.zeros((4 * n, len(lexicon.concepts)), dtype=bool)
+    labels[np.arange(4 * n), [column[classes[i % n].id] for i in range(4 * n)]] = True
+    figures = FigureSet([f"F{i}" for i in range(4 * n)], [f"caption {i % n}" for i in range(4 * n)],
+                        ["fundus"] * (4 * n), [np.zeros((8, 8), np.uint8)] * (4 * n), labels,
+                        np.ones(4 * n, dtype=bool), [c.id for c in lexicon.concepts], [None] * (4 * n))
+    # finding k's prompts embed to axis k; caption "caption k" to axis k too (a perfect text tower)
+    monkeypatch.setattr(zero_shot, "prompt_ensembles", lambda model, sets, concepts=False: torch.eye(len(sets), dim))
+    axis = lambda texts: torch.eye(dim)[[int(t.split()[-1]) for t in texts]]  # noqa: E731
+    monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(texts))
+    images = encode.ImageFeatures(F.normalize(torch.randn(4 * n, dim), dim=-1), None)
+    out = evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20)
+    assert out["caption_macro"]["auc"] == 1.0 and out["caption_macro"]["n_classes"] == n
+    assert out["macro"]["auc"] < 0.9  # the random image embeddings score far below their captions
+
+    # a text tower that gives every caption the same embedding: chance
+    monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(["x 0"] * len(texts)))
+    assert evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20)["caption_macro"]["auc"] == 0.5
+
+
+def test_findings_table_adds_the_caption_row_where_reported():
+    from medvlp.eval.tables import findings_table
+
+    boot = {"auc": 0.6, "ci_low": 0.55, "ci_high": 0.65}
+    report = {"figures": {
+        "clip": {"findings": {"per_finding": {"MC001": boot}, "macro": boot}},
+        "conceptclip": {"findings": {"per_finding": {"MC001": boot}, "macro": boot,
+                                     "caption_macro": {"auc": 0.9, "ci_low": 0.85, "ci_high": 0.95}}},
+    }}
+    table = findings_table(report, {"MC001": "lesion"})
+    assert list(table.index) == ["lesion", "macro mean", "macro mean from the captions"]
+    assert table.loc["macro mean from the captions", "conceptclip"] == "0.900 [0.850, 0.950]"
+    assert table["clip"].isna().tolist() == [False, False, True]

@@ -79,6 +79,12 @@ def _mean_similarity(findings: dict) -> str:
     return f"{sum(sims.values()) / len(sims):.3f}" if sims else "-"
 
 
+def _caption_macro(findings: dict) -> str:
+    """The caption-scored macro AUROC with its CI (``-`` for reports without it)."""
+    macro = findings.get("caption_macro")
+    return _boot(macro) if macro else "-"
+
+
 def _target(name: str, value: float, threshold: float) -> str:
     met = "met" if value >= threshold else "**not met**"
     return f"{name} {value:.3f} (issue target >= {threshold:.2f}: {met})"
@@ -99,9 +105,9 @@ def zero_shot_markdown(report: dict) -> str:
     figures, ct = report.get("figures", {}), report.get("ct", {})
     if figures:
         lines += ["", "| 2D model | findings macro AUROC | findings above / below chance | "
-                  "prompt cosine within a modality (mean) | "
+                  "prompt cosine within a modality (mean) | findings macro AUROC from the captions (text side) | "
                   "image->text R@1 / R@10 | text->image R@1 / R@10 | linear probe AUROC (1% / 10% / 100% labels) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for m, r in figures.items():
             macro = r["findings"]["macro"]
             i2t, t2i = r["retrieval"]["image_to_text"], r["retrieval"]["text_to_image"]
@@ -109,6 +115,7 @@ def zero_shot_markdown(report: dict) -> str:
                                                                               key=lambda kv: float(kv[0])))
             lines.append(f"| {m} | {_ci(macro['auc'], [macro['ci_low'], macro['ci_high']])} | "
                          f"{chance_counts(r['findings']['per_finding'])} | {_mean_similarity(r['findings'])} | "
+                         f"{_caption_macro(r['findings'])} | "
                          f"{i2t['recall@1']['estimate']:.3f} / {i2t['recall@10']['estimate']:.3f} | "
                          f"{t2i['recall@1']['estimate']:.3f} / {t2i['recall@10']['estimate']:.3f} | {probe} |")
     if ct:

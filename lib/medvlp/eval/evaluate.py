@@ -46,14 +46,20 @@ def evaluate_findings(model: nn.Module, figures: FigureSet, lexicon: ConceptLexi
     findings of the global similarities) or ``global+local`` (with the PC-Align patch term).
     ``prompt_similarity`` (and ``concept_prompt_similarity`` with the local term): per modality the
     mean cosine between its findings' prompt embeddings (:func:`~medvlp.eval.zero_shot.prompt_similarity`).
+    ``caption_macro``: the same global scoring with each figure's own caption embedding in place of its
+    image embedding (a text-side ceiling: near 0.5, the text tower does not map a caption and the
+    prompts of the findings it names close together, so no image tower can make up for it).
     """
+    names, valid = [c.id for c in lexicon.concepts], finding_pairs(figures, lexicon)
     scores = finding_scores(model, feats, figures.modalities, lexicon, local_weight=local_weight, top_k=top_k)
-    table = auroc_table(figures.labels, scores, [c.id for c in lexicon.concepts], n_boot=n_boot, seed=seed,
-                        valid=finding_pairs(figures, lexicon))
+    table = auroc_table(figures.labels, scores, names, n_boot=n_boot, seed=seed, valid=valid)
+    captions = ImageFeatures(encode_texts(model, figures.captions), None)
+    caption_scores = finding_scores(model, captions, figures.modalities, lexicon, local_weight=0.0)
+    caption_table = auroc_table(figures.labels, caption_scores, names, n_boot=n_boot, seed=seed, valid=valid)
     local = feats.patches is not None and local_weight > 0
     out = {"scoring": "global+local" if local else "global", "local_weight": local_weight if local else 0.0,
            "per_finding": {k: v for k, v in table.items() if k not in ("macro", "skipped")},
-           "macro": table["macro"], "skipped": table["skipped"],
+           "macro": table["macro"], "skipped": table["skipped"], "caption_macro": caption_table["macro"],
            "prompt_similarity": prompt_similarity(model, lexicon, figures.modalities)}
     if local:
         out["concept_prompt_similarity"] = prompt_similarity(model, lexicon, figures.modalities, concepts=True)
