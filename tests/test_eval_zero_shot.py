@@ -84,12 +84,22 @@ def test_caption_macro_scores_each_figure_by_its_own_caption(lexicon, monkeypatc
                         np.ones(4 * n, dtype=bool), [c.id for c in lexicon.concepts], [None] * (4 * n))
     # finding k's prompts embed to axis k; caption "caption k" to axis k too (a perfect text tower)
     monkeypatch.setattr(zero_shot, "prompt_ensembles", lambda model, sets, concepts=False: torch.eye(len(sets), dim))
-    axis = lambda texts: torch.eye(dim)[[int(t.split()[-1]) for t in texts]]  # noqa: E731
+
+    def axis(texts):
+        return torch.eye(dim)[[int(t.split()[-1]) for t in texts]]
+
     monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(texts))
     images = encode.ImageFeatures(F.normalize(torch.randn(4 * n, dim), dim=-1), None)
     out = evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20)
     assert out["caption_macro"]["auc"] == 1.0 and out["caption_macro"]["n_classes"] == n
     assert out["macro"]["auc"] < 0.9  # the random image embeddings score far below their captions
+
+    def no_encoding(model, texts):
+        raise AssertionError("captions were given: nothing to encode")
+
+    monkeypatch.setattr(evaluate, "encode_texts", no_encoding)  # pre-encoded captions, as the stage passes them
+    given = evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20, captions=axis(figures.captions))
+    assert given["caption_macro"] == out["caption_macro"]
 
     # a text tower that gives every caption the same embedding: chance
     monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(["x 0"] * len(texts)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from medvlp.eval.data import CTSet, FigureSet, figure_tensors
@@ -39,7 +40,7 @@ def image_features(model: nn.Module, figures: FigureSet, *, with_patches: bool =
 
 def evaluate_findings(model: nn.Module, figures: FigureSet, lexicon: ConceptLexicon, feats: ImageFeatures, *,
                       local_weight: float = 0.5, top_k: int = LOCAL_TOP_K, n_boot: int = 1000,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, captions: torch.Tensor | None = None) -> dict:
     """Zero-shot finding classification: AUROC per finding (name -> bootstrap dict) and ``macro``.
 
     ``scoring`` says which ConceptCLIP score was used: ``global`` (softmax over the modality's
@@ -49,12 +50,13 @@ def evaluate_findings(model: nn.Module, figures: FigureSet, lexicon: ConceptLexi
     ``caption_macro``: the same global scoring with each figure's own caption embedding in place of its
     image embedding (a text-side ceiling: near 0.5, the text tower does not map a caption and the
     prompts of the findings it names close together, so no image tower can make up for it).
+    ``captions``: ``[N, E]`` the figures' caption embeddings when already encoded (else encoded here).
     """
     names, valid = [c.id for c in lexicon.concepts], finding_pairs(figures, lexicon)
     scores = finding_scores(model, feats, figures.modalities, lexicon, local_weight=local_weight, top_k=top_k)
     table = auroc_table(figures.labels, scores, names, n_boot=n_boot, seed=seed, valid=valid)
-    captions = ImageFeatures(encode_texts(model, figures.captions), None)
-    caption_scores = finding_scores(model, captions, figures.modalities, lexicon, local_weight=0.0)
+    text = ImageFeatures(encode_texts(model, figures.captions) if captions is None else captions, None)
+    caption_scores = finding_scores(model, text, figures.modalities, lexicon, local_weight=0.0)
     caption_table = auroc_table(figures.labels, caption_scores, names, n_boot=n_boot, seed=seed, valid=valid)
     local = feats.patches is not None and local_weight > 0
     out = {"scoring": "global+local" if local else "global", "local_weight": local_weight if local else 0.0,
@@ -67,9 +69,13 @@ def evaluate_findings(model: nn.Module, figures: FigureSet, lexicon: ConceptLexi
 
 
 def evaluate_retrieval(model: nn.Module, figures: FigureSet, feats: ImageFeatures, *,
-                       ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0) -> dict:
-    """Image-to-text and text-to-image retrieval over the split's (image, caption) pairs."""
-    text = encode_texts(model, figures.captions)
+                       ks: Sequence[int] = (1, 5, 10), n_boot: int = 1000, seed: int = 0,
+                       captions: torch.Tensor | None = None) -> dict:
+    """Image-to-text and text-to-image retrieval over the split's (image, caption) pairs.
+
+    ``captions``: ``[N, E]`` the caption embeddings when already encoded (else encoded here).
+    """
+    text = encode_texts(model, figures.captions) if captions is None else captions
     sim = (feats.embedding @ text.T).numpy().astype(np.float64)
     target = np.arange(sim.shape[0])
     return {"image_to_text": bootstrap_retrieval(sim, target, ks, n_boot=n_boot, seed=seed),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from medvlp.curate.curation_report import round_floats
 from medvlp.eval.data import load_ct, load_figures
+from medvlp.eval.encode import encode_texts
 from medvlp.eval.evaluate import (
     evaluate_ct,
     evaluate_findings,
@@ -54,10 +55,11 @@ def evaluate_figure_model(name: str, model: torch.nn.Module, test, train, lexico
     """Findings (zero-shot), retrieval and linear probe of one 2D model."""
     test_feats = image_features(model, test)
     train_feats = image_features(model, train, with_patches=False)
+    captions = encode_texts(model, test.captions)
     return {
         "findings": evaluate_findings(model, test, lexicon, test_feats, local_weight=local_weight, top_k=top_k,
-                                      n_boot=n_boot, seed=seed),
-        "retrieval": evaluate_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed),
+                                      n_boot=n_boot, seed=seed, captions=captions),
+        "retrieval": evaluate_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed, captions=captions),
         "linear_probe": evaluate_linear_probe(train_feats, train, test_feats, test, lexicon, fractions=fractions,
                                               n_boot=n_boot, seed=seed),
     }
