@@ -39,6 +39,7 @@ lint: venv
 	$(BIN)/ruff check lib tests bench
 
 # benchmarks: each prints ratios against a named baseline (results: bench/RESULTS.md); the last two need `dvc repro curate`
+# by hand: bench/compute_scaling.py (over an hour on 2 cores with its defaults; needs curate) and bench/gpu_checks.sh (a CUDA GPU)
 bench: venv
 	$(BIN)/python bench/losses.py
 	$(BIN)/python bench/train_throughput.py
