@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from medvlp.eval.data import load_ct, load_figures
-from medvlp.eval.encode import encode_texts
-from medvlp.eval.evaluate import evaluate_ct, evaluate_findings, evaluate_retrieval, image_features
+from medvlp.eval.evaluate import evaluate_ct
+from medvlp.eval.stage import evaluate_figure_model
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
 from medvlp.models import load_model
 from medvlp.models.volume_tower import has_volume_tower, volume_size
@@ -66,17 +66,12 @@ def scaled(params: dict, steps: float, batch: int, workers: int, curated: str) -
 
 def evaluate(model_name: str, model: torch.nn.Module, zs: dict, data: dict, split: str) -> dict:
     if model_name in FIGURE_MODELS:
-        figs = data["figures"]
-        feats = image_features(model, figs)
-        captions = encode_texts(model, figs.captions)
-        local = zs["local_weight"] if model_name == "conceptclip" else 0.0
-        findings = evaluate_findings(model, figs, data["concepts"], feats, local_weight=local,
-                                     top_k=zs["local_top_k"], n_boot=zs["n_boot"], seed=zs["seed"], captions=captions)
-        retrieval = evaluate_retrieval(model, figs, feats, n_boot=zs["n_boot"], seed=zs["seed"], captions=captions)
-        macro = findings["macro"]
+        res = evaluate_figure_model(model_name, model, data["figures"], None, data["concepts"], n_boot=zs["n_boot"],
+                                    seed=zs["seed"], local_weight=zs["local_weight"], top_k=zs["local_top_k"])
+        macro = res["findings"]["macro"]
         return {"auc": macro["auc"], "ci": [macro["ci_low"], macro["ci_high"]],
-                "caption_auc": findings["caption_macro"]["auc"],
-                "i2t_r10": retrieval["image_to_text"]["recall@10"]["estimate"]}
+                "caption_auc": res["findings"]["caption_macro"]["auc"],
+                "i2t_r10": res["retrieval"]["image_to_text"]["recall@10"]["estimate"]}
     if not has_volume_tower(model.config):
         raise SystemExit(f"{model_name}: only 2D models and models with a volume tower (fvlm, ct_clip_global, ...)")
     size = volume_size(model.config)

@@ -51,18 +51,23 @@ def checkpoint_path(pretrain_dir: str | Path, model: str, checkpoint: str = "bes
 
 
 def evaluate_figure_model(name: str, model: torch.nn.Module, test, train, lexicon, *, n_boot: int, seed: int,
-                          local_weight: float, top_k: int, ks: Sequence[int], fractions: Sequence[float]) -> dict:
-    """Findings (zero-shot), retrieval and linear probe of one 2D model."""
+                          local_weight: float, top_k: int, ks: Sequence[int] = (1, 5, 10),
+                          fractions: Sequence[float] = (0.01, 0.1, 1.0)) -> dict:
+    """Findings (zero-shot), retrieval and, with ``train`` (a FigureSet), the linear probe of one 2D model.
+
+    ``train=None`` leaves the probe out (``linear_probe`` is then absent from the result)."""
     test_feats = image_features(model, test)
-    train_feats = image_features(model, train, with_patches=False)
     captions = encode_texts(model, test.captions)
-    return {
+    out = {
         "findings": evaluate_findings(model, test, lexicon, test_feats, local_weight=local_weight, top_k=top_k,
                                       n_boot=n_boot, seed=seed, captions=captions),
         "retrieval": evaluate_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed, captions=captions),
-        "linear_probe": evaluate_linear_probe(train_feats, train, test_feats, test, lexicon, fractions=fractions,
-                                              n_boot=n_boot, seed=seed),
     }
+    if train is not None:
+        train_feats = image_features(model, train, with_patches=False)
+        out["linear_probe"] = evaluate_linear_probe(train_feats, train, test_feats, test, lexicon,
+                                                    fractions=fractions, n_boot=n_boot, seed=seed)
+    return out
 
 
 def ablation_rows(report: Mapping[str, Any]) -> dict[str, list[dict]]:
