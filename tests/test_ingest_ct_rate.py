@@ -12,6 +12,7 @@ import pytest
 from test_ingest_fixtures import SHAPE, TS, CtStudy, class_map, stored_values, write_ct_rate
 
 from medvlp.data.ingest import IngestError, ingest_ct_rate
+from medvlp.data.ingest.ct_rate import air_level
 from medvlp.data.ingest.ct_rate_tables import parse_metadata
 from medvlp.data.io import read_label_map, read_volume
 from medvlp.lexicon import load_anatomy_lexicon
@@ -253,3 +254,132 @@ def test_metadata_parsing_of_real_cell_forms():
     assert g.spacing == (0.7421875, 0.7421875, 1.5) and g.intercept == -1024.0 and g.shape == (512, 512, 303)
     assert g.position == (-190.0, -189.2578125, -311.5)
     assert parse_metadata({**row, "ImageOrientationPatient": "", "ImagePositionPatient": "nan"}).orientation is None
+
+
+# ------------------------------------------------------------------ HU already applied (the *_fixed release) or not
+
+FIXED_AFFINE = np.diag([-0.75, -0.75, 1.5, 1.0])          # the default study's spacing, as the fixed files carry it
+
+
+def _outside_field_of_view() -> np.ndarray:
+    """Voxels outside the circle inscribed in each slice, where scanners write their padding value."""
+    x, y = np.meshgrid(np.arange(SHAPE[0]), np.arange(SHAPE[1]), indexing="ij")
+    outside = (x - (SHAPE[0] - 1) / 2) ** 2 + (y - (SHAPE[1] - 1) / 2) ** 2 > (min(SHAPE[:2]) / 2) ** 2
+    return np.repeat(outside[:, :, None], SHAPE[2], axis=2)
+
+
+def _raw_volume(study: CtStudy, dtype, padding: int | None) -> np.ndarray:
+    """The raw release's form: stored values (air 24 with the usual intercept -1024), optionally padded."""
+    stored = stored_values(study).astype(np.int32)
+    if padding is not None:
+        stored[_outside_field_of_view()] = padding
+    return stored.astype(dtype)
+
+
+def _fixed_volume(study: CtStudy, padding: int | None) -> np.ndarray:
+    """The *_fixed release's form: int16 HU (air -1000), optionally padded (clipped air -1024, or -3024)."""
+    hu = np.round(stored_values(study) * study.slope + study.intercept).astype(np.int16)
+    if padding is not None:
+        hu[_outside_field_of_view()] = padding
+    return hu
+
+
+def _place(dataset, segs, study: CtStudy, values: np.ndarray, fixed_folder: bool) -> None:
+    """Put ``values`` where the study's volume is read from (``train/`` or ``train_fixed/``)."""
+    path = dataset / ("train_fixed" if fixed_folder else "train") / study.nested()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = FIXED_AFFINE if fixed_folder else np.eye(4)
+    nib.save(nib.Nifti1Image(values, affine), path)
+    nib.save(nib.Nifti1Image(class_map(), affine), segs / study.name)
+
+
+RAW_FORMS = {"int16": (np.int16, None), "uint16 padded 0": (np.uint16, 0),
+             "int16 padded -976 (-2000 HU)": (np.int16, -976)}
+FIXED_FORMS = {"int16": None, "int16 padded -1024": -1024, "int16 padded -3024": -3024}
+
+
+def test_air_level_leaves_the_padding_out():
+    study = CtStudy("train_1_a_1.nii.gz")
+    assert air_level(_raw_volume(study, np.uint16, 0)) == 24                 # air as a stored value
+    assert air_level(_raw_volume(study, np.int16, -976)) == 24
+    assert air_level(_fixed_volume(study, -3024)) == -1000                   # air in HU
+    assert -900 <= air_level(_fixed_volume(study, None)) < -700              # air is the minimum: lung
+    assert air_level(np.full(SHAPE, -1024.0)) is None
+
+
+@pytest.mark.parametrize("form", RAW_FORMS)
+def test_raw_volumes_are_rescaled(tmp_path, form):
+    study = CtStudy("train_1_a_1.nii.gz")
+    dataset, segs = write_ct_rate(tmp_path / "src", [study])
+    raw = _raw_volume(study, *RAW_FORMS[form])
+    _place(dataset, segs, study, raw, fixed_folder=False)
+    summary = ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, progress=False)
+    assert summary.written == 1
+    hu = np.asanyarray(nib.load(tmp_path / "data" / "ct" / "volumes" / "train_1" / "train_1_a_1.nii.gz").dataobj)
+    np.testing.assert_array_equal(hu, raw.astype(np.int32) - 1024)
+    assert hu[12, 10, 6] == 40 and hu[12, 10, 0] == -1000               # organ and air in HU
+
+
+@pytest.mark.parametrize("form", FIXED_FORMS)
+def test_fixed_volumes_pass_with_volumes_fixed(tmp_path, form):
+    study = CtStudy("train_1_a_1.nii.gz")
+    dataset, segs = write_ct_rate(tmp_path / "src", [study])
+    fixed = _fixed_volume(study, FIXED_FORMS[form])
+    _place(dataset, segs, study, fixed, fixed_folder=True)
+    summary = ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, volumes_fixed=True, progress=False)
+    assert summary.written == 1
+    hu = np.asanyarray(nib.load(tmp_path / "data" / "ct" / "volumes" / "train_1" / "train_1_a_1.nii.gz").dataobj)
+    np.testing.assert_array_equal(hu, fixed)
+    assert hu[12, 10, 6] == 40 and hu[12, 10, 0] == -1000
+
+
+@pytest.mark.parametrize("form", FIXED_FORMS)
+def test_hu_volumes_without_volumes_fixed_stop(tmp_path, form):
+    study = CtStudy("train_1_a_1.nii.gz")
+    dataset, segs = write_ct_rate(tmp_path / "src", [study])
+    _place(dataset, segs, study, _fixed_volume(study, FIXED_FORMS[form]), fixed_folder=False)
+    with pytest.raises(IngestError) as err:
+        ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, progress=False)
+    message, level = str(err.value), air_level(_fixed_volume(study, FIXED_FORMS[form]))
+    assert message == (f"volume train_1_a_1.nii.gz ({dataset / 'train' / study.nested()}) is already in Hounsfield "
+                       f"units: its air level (the 5th percentile of the voxels above its minimum) is {level:.0f}, "
+                       "near air in HU (-1000), not air as a stored value (24 = (-1000 - RescaleIntercept -1024) / "
+                       f"RescaleSlope 1); rescaling would move that level to {level - 1024:.0f} HU. It is a volume "
+                       "of the corrected *_fixed release: rerun with --volumes-fixed (volumes_fixed=True)")
+    assert not (tmp_path / "data" / "ct" / "volumes").exists()            # nothing shifted was written
+
+
+@pytest.mark.parametrize("form", RAW_FORMS)
+def test_stored_volumes_with_volumes_fixed_stop(tmp_path, form):
+    study = CtStudy("train_1_a_1.nii.gz")
+    dataset, segs = write_ct_rate(tmp_path / "src", [study])
+    _place(dataset, segs, study, _raw_volume(study, *RAW_FORMS[form]), fixed_folder=True)
+    with pytest.raises(IngestError) as err:
+        ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, volumes_fixed=True, progress=False)
+    level = air_level(_raw_volume(study, *RAW_FORMS[form]))
+    assert str(err.value) == (
+        f"volume train_1_a_1.nii.gz ({dataset / 'train_fixed' / study.nested()}) holds stored values, not Hounsfield "
+        "units, although --volumes-fixed (volumes_fixed=True) is given: its air level (the 5th percentile of the "
+        f"voxels above its minimum) is {level:.0f}, near air as a stored value (24 = (-1000 - RescaleIntercept "
+        "-1024) / RescaleSlope 1), not air in HU (-1000). It is a volume of the raw release: rerun without "
+        "--volumes-fixed so RescaleSlope / RescaleIntercept are applied, or point --volumes at the *_fixed folder")
+
+
+def test_a_later_hu_volume_stops_the_run_and_says_overwrite(tmp_path):
+    studies = [CtStudy("train_1_a_1.nii.gz"), CtStudy("train_2_a_1.nii.gz", seed=2)]
+    dataset, segs = write_ct_rate(tmp_path / "src", studies)
+    _place(dataset, segs, studies[1], _fixed_volume(studies[1], -1024), fixed_folder=False)
+    with pytest.raises(IngestError, match=r"^volume train_2_a_1.nii.gz .* is already in Hounsfield units") as err:
+        ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, progress=False)
+    assert str(err.value).endswith(f"; add --overwrite, as {str(tmp_path / 'data' / 'ct')!r} holds this run's "
+                                   "partial output")
+    assert not (tmp_path / "data" / "ct" / "volumes" / "train_2").exists()
+
+
+def test_no_check_where_the_rescale_barely_moves_air(tmp_path):
+    # RescaleIntercept 0: stored values are HU already, and rescaling changes nothing; either flag works.
+    study = CtStudy("train_1_a_1.nii.gz", intercept=0.0)
+    summary, ct, _ = _ingest(tmp_path, [study])
+    assert summary.written == 1
+    np.testing.assert_array_equal(np.asanyarray(nib.load(ct / "volumes" / "train_1" / "train_1_a_1.nii.gz").dataobj),
+                                  stored_values(study))

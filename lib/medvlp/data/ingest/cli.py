@@ -44,6 +44,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     p.add_argument("dst", type=Path, help="the corpus folder (data/)")
     p.add_argument("--images", type=Path, default=None, help="image folder (default: the metadata's folder)")
     p.add_argument("--threshold", type=float, default=0.8, help="least umls_similarity of a kept span")
+    p.add_argument("--span-window", type=int, default=50,
+                   help="characters either side of a span's given start searched for its tokens (default 50)")
     p.add_argument("--concept-lexicon", type=Path, default=None, help="lexicon mapping CUIs to concept ids")
     p.add_argument("--write-lexicon", type=Path, default=None,
                    help="also write a concept lexicon of every kept CUI (for curate.concept_lexicon)")
@@ -101,7 +103,8 @@ def _dispatch(args: argparse.Namespace):
         from medvlp.data.ingest.medconcept import ingest_medconcept
 
         return ingest_medconcept(args.src, args.dst, images=args.images, similarity_threshold=args.threshold,
-                                 concept_lexicon=args.concept_lexicon, write_lexicon=args.write_lexicon,
+                                 span_window=args.span_window, concept_lexicon=args.concept_lexicon,
+                                 write_lexicon=args.write_lexicon,
                                  images_mode=args.images_mode, check_images=not args.no_image_check, **common)
     if kind == "roco":
         from medvlp.data.ingest.roco import ingest_roco

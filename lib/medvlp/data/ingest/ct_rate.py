@@ -13,6 +13,18 @@ the source file or the corrected one (TotalSegmentator run on the raw or the fix
 geometry are already corrected: no rescale is applied, the file's affine is kept and its spacing checked
 against the metadata.
 
+Before any rescale the volume's values are checked against ``volumes_fixed``, as rescaling a volume that
+is already in HU shifts it by ``RescaleIntercept`` (-1024 HU). The volume's air level is the
+``AIR_PERCENTILE``-th (5th) percentile of its voxels above its minimum value (every second voxel along
+each axis; the minimum is left out because scanners put it outside the reconstructed field of view, or
+clip air to it, in both releases, e.g. stored 0 or HU -1024 / -3024). A chest CT has far more than 5 %
+air and lung, so the level lies near air: near ``AIR_HU`` (-1000) when the values are HU, near
+``(AIR_HU - RescaleIntercept) / RescaleSlope`` (24 for the usual -1024 / 1) when they are stored values.
+The nearer of the two decides; when they lie less than ``MIN_AIR_SEPARATION`` (200) apart the rescale
+barely moves air and nothing is checked. HU values without ``volumes_fixed``, or stored values with it,
+stop the run with an :class:`IngestError` naming the volume, its air level and the flag to use (no
+shifted volume is written).
+
 Outputs under ``<dst>/ct/``:
 
 - ``manifest.jsonl``: ``{id: <stem>, patient_id: <split>_<patient>, volume: volumes/<patient>/<stem>.nii.gz,
@@ -41,6 +53,7 @@ from medvlp.data.ingest.ct_rate_labels import CT_RATE_LABELS, anatomy_lexicon_js
 from medvlp.data.ingest.ct_rate_tables import (
     METADATA_COLUMNS,
     REPORT_COLUMNS,
+    CtGeometry,
     VolumeName,
     affine_from_metadata,
     keyed_rows,
@@ -62,7 +75,8 @@ from medvlp.data.ingest.totalseg import (
 from medvlp.data.io import nifti_gz_bytes
 from medvlp.lexicon import AnatomyLexicon, load_anatomy_lexicon
 
-__all__ = ["DEFAULT_FILES", "LEXICON_NAME", "CtRateSplit", "default_splits", "ingest_ct_rate"]
+__all__ = ["AIR_HU", "AIR_PERCENTILE", "DEFAULT_FILES", "LEXICON_NAME", "MIN_AIR_SEPARATION", "CtRateSplit",
+           "air_level", "default_splits", "ingest_ct_rate"]
 
 #: Per split: reports, metadata and labels tables, and the volumes folder, relative to the ``dataset`` folder.
 DEFAULT_FILES = {
@@ -74,6 +88,13 @@ DEFAULT_FILES = {
 LEXICON_NAME = "anatomy_ct_rate.json"
 #: Largest difference (mm) between two affines' entries for them to describe one grid.
 _AFFINE_TOLERANCE = 1e-3
+#: Air in Hounsfield units.
+AIR_HU = -1000.0
+#: Percentile of a volume's voxels above its minimum taken as its air level (:func:`air_level`).
+AIR_PERCENTILE = 5.0
+#: Least distance (in the file's values) between air in HU and air as a stored value for a volume's air
+#: level to tell the two apart.
+MIN_AIR_SEPARATION = 200.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +143,16 @@ def _same_grid(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.allclose(a, b, atol=_AFFINE_TOLERANCE, rtol=0.0))
 
 
+def air_level(values: np.ndarray) -> float | None:
+    """A CT volume's air level, in its own units (HU or stored values): the ``AIR_PERCENTILE``-th percentile
+    of its voxels (every second one along each axis) above its minimum value; None when no voxel is above
+    the minimum. The minimum is left out: it is the scanner's padding outside the field of view or its
+    clipped air, whose value says nothing of the units."""
+    sample = values[::2, ::2, ::2]
+    sample = sample[sample > sample.min()]
+    return float(np.percentile(sample, AIR_PERCENTILE)) if sample.size else None
+
+
 class _StudyConverter:
     """One reports row -> files written, manifest record and truth record (or :class:`Skip`)."""
 
@@ -156,6 +187,34 @@ class _StudyConverter:
             raise Skip("nonfinite_voxels", f"volume {vn.name} holds {int((~np.isfinite(data)).sum())} NaN/infinite "
                                            "voxels")
         return data, np.asarray(img.affine, dtype=np.float64)
+
+    def _check_units(self, stored: np.ndarray, geometry: CtGeometry, path: Path, name: str) -> None:
+        """Raise :class:`IngestError` when the volume's air level (:func:`air_level`) says HU but
+        ``volumes_fixed`` is off (a rescale would shift it), or stored values while it is on."""
+        slope, intercept = geometry.slope, geometry.intercept
+        stored_air = (AIR_HU - intercept) / slope
+        level = air_level(stored)
+        if abs(stored_air - AIR_HU) < MIN_AIR_SEPARATION or level is None:
+            return
+        in_hu = abs(level - AIR_HU) < abs(level - stored_air)
+        if in_hu == self.volumes_fixed:
+            return
+        level_is = f"its air level (the {AIR_PERCENTILE:g}th percentile of the voxels above its minimum) is {level:.0f}"
+        as_stored = (f"air as a stored value ({stored_air:.0f} = ({AIR_HU:g} - RescaleIntercept {intercept:g}) / "
+                     f"RescaleSlope {slope:g})")
+        if in_hu:
+            message = (f"volume {name} ({path}) is already in Hounsfield units: {level_is}, near air in HU "
+                       f"({AIR_HU:g}), not {as_stored}; rescaling would move that level to "
+                       f"{level * slope + intercept:.0f} HU. It is a volume of the corrected *_fixed release: "
+                       "rerun with --volumes-fixed (volumes_fixed=True)")
+        else:
+            message = (f"volume {name} ({path}) holds stored values, not Hounsfield units, although --volumes-fixed "
+                       f"(volumes_fixed=True) is given: {level_is}, near {as_stored}, not air in HU ({AIR_HU:g}). "
+                       "It is a volume of the raw release: rerun without --volumes-fixed so RescaleSlope / "
+                       "RescaleIntercept are applied, or point --volumes at the *_fixed folder")
+        if (self.collection / "volumes").exists():
+            message += f"; add --overwrite, as {str(self.collection)!r} holds this run's partial output"
+        raise IngestError(message)
 
     def __call__(self, row: CsvRow, split: CtRateSplit, metadata: dict[str, CsvRow]
                  ) -> tuple[dict, VolumeName, list[str]]:
@@ -192,6 +251,7 @@ class _StudyConverter:
         if geometry.shape is not None and tuple(stored.shape) != geometry.shape:
             raise Skip("geometry_mismatch", f"volume {name} has shape {stored.shape}; metadata Columns x Rows x "
                                             f"NumberofSlices is {geometry.shape}")
+        self._check_units(stored, geometry, vol_path, name)
         if self.volumes_fixed:
             affine, hu = file_affine, stored
             file_spacing = np.linalg.norm(file_affine[:3, :3], axis=0)
