@@ -46,3 +46,8 @@ bench: venv
 	$(BIN)/python bench/volume_tower.py
 	$(BIN)/python bench/image_tower.py
 	$(BIN)/python bench/recipe_memory.py
+
+# mutation check: one-line bugs planted in the evaluation / training glue must each fail a test (bench/mutants.py)
+.PHONY: mutants
+mutants: venv
+	$(BIN)/python bench/mutants.py

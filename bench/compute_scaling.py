@@ -37,7 +37,7 @@ from medvlp.models.volume_tower import has_volume_tower, volume_size
 from medvlp.params import load_params, stage_params
 from medvlp.train import train
 
-FIGURE_MODELS = ("clip", "siglip", "conceptclip")
+FIGURE_MODELS = ("clip", "siglip", "conceptclip", "conceptclip_concept_positives", "conceptclip_scratch_text")
 
 
 def parse_run(text: str) -> tuple[float, int]:
@@ -66,8 +66,10 @@ def scaled(params: dict, steps: float, batch: int, workers: int, curated: str) -
 
 def evaluate(model_name: str, model: torch.nn.Module, zs: dict, data: dict, split: str) -> dict:
     if model_name in FIGURE_MODELS:
-        res = evaluate_figure_model(model_name, model, data["figures"], None, data["concepts"], n_boot=zs["n_boot"],
-                                    seed=zs["seed"], local_weight=zs["local_weight"], top_k=zs["local_top_k"])
+        res = evaluate_figure_model(model, data["figures"], None, data["concepts"], n_boot=zs["n_boot"],
+                                    seed=zs["seed"], local_weight=zs["local_weight"],
+                                    local_top_fraction=zs["local_top_fraction"], ks=zs["retrieval_ks"],
+                                    fractions=zs["probe_fractions"]).metrics
         macro = res["findings"]["macro"]
         return {"auc": macro["auc"], "ci": [macro["ci_low"], macro["ci_high"]],
                 "caption_auc": res["findings"]["caption_macro"]["auc"],
@@ -76,9 +78,10 @@ def evaluate(model_name: str, model: torch.nn.Module, zs: dict, data: dict, spli
         raise SystemExit(f"{model_name}: only 2D models and models with a volume tower (fvlm, ct_clip_global, ...)")
     size = volume_size(model.config)
     if size not in data["ct"]:
-        data["ct"][size] = load_ct(data["curated"], split, data["anatomies"], size, data["ct_truth"])
+        data["ct"][size] = load_ct(data["curated"], split, data["anatomies"], size, data["ct_truth"],
+                                   intact_min_fraction=zs["intact_min_fraction"])
     res = evaluate_ct(model, data["ct"][size], data["anatomies"], negative=zs["ct_negative_prompt"],
-                      n_boot=zs["n_boot"], seed=zs["seed"])
+                      n_boot=zs["n_boot"], seed=zs["seed"]).metrics
     return {"auc": res["mean"]["auc"], "ci": res["mean"]["ci"]}
 
 

@@ -9,7 +9,8 @@
 # Usage, from the repository root on a machine with python3, torch >= 2.11 and CUDA:
 #     bash bench/gpu_checks.sh OUT_DIR [WHEEL_DIR]
 # WHEEL_DIR (default .whl) holds wheels of the packages that machine lacks (open_clip_torch, ftfy,
-# wcwidth, monai, webdataset, braceexpand, nibabel, ImageHash, PyWavelets); they are installed into
+# wcwidth, monai, webdataset, braceexpand, nibabel, ImageHash, PyWavelets, transformers, tokenizers,
+# safetensors, huggingface_hub, regex); they are installed into
 # /tmp/site. Each part has its own time limit and log in OUT_DIR, so one failure does not hide the rest.
 set -u
 out=${1:?usage: bash bench/gpu_checks.sh OUT_DIR [WHEEL_DIR]}
@@ -36,7 +37,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__)" | tee -a "$out/summary.txt"
 
 # The corpus and its curation for part 4, on the CPU cores while parts 1-3 use the GPU.
-(python3 -m medvlp synth data --quiet >/dev/null && python3 -m medvlp curate) >"$out/data.log" 2>&1 &
+(python3 -m medvlp synth data --quiet >/dev/null && python3 -m medvlp curate && python3 -m medvlp pretrain-text) \
+    >"$out/data.log" 2>&1 &
 data_pid=$!
 
 part cuda_tests 150 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider -x

@@ -13,6 +13,10 @@ bound for bf16 activations (each model in a fresh process; at batch 2 the CPU fi
 +-25% between runs with the allocator's state).
 
 Estimated GPU memory for a per-GPU batch b: fixed + b x per-sample (the README table).
+
+The recipe's pretrained text towers (PubMedBERT, BERT-base) need not be on the machine: their folders are
+replaced by a BERT of BERT-base size built here from random weights (:func:`offline_text_towers`), which
+takes the same memory.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import gc
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -31,6 +37,7 @@ from losses import _reset_hwm, _rss_bytes  # noqa: E402  (the loss benchmark's R
 from medvlp.models import count_parameters  # noqa: E402
 from medvlp.params import load_params, recipe, stage_params  # noqa: E402
 from medvlp.train.config import TrainConfig  # noqa: E402
+from medvlp.train.ema import EMATextTower  # noqa: E402
 from medvlp.train.loop import enable_grad_checkpointing, freeze_for_stage  # noqa: E402
 from medvlp.train.optim import build_optimizer  # noqa: E402
 from medvlp.train.steps import LossModule  # noqa: E402
@@ -38,12 +45,34 @@ from medvlp.train.steps import LossModule  # noqa: E402
 GIB = 2**30
 
 
+def offline_text_towers(params: dict, folder: Path) -> dict:
+    """``params`` with every Hugging Face text tower replaced by a random BERT-base-sized one saved in ``folder``
+    (same width, depth and vocabulary size as BERT-base; a WordPiece tokenizer learnt on a few words)."""
+    from transformers import BertConfig, BertModel
+
+    from medvlp.train.text_encoder import train_wordpiece
+
+    train_wordpiece(["pleural effusion", "lung nodule", "no acute abnormality"], 100, folder)
+    config = BertConfig(max_position_embeddings=512)  # BERT-base: 768 wide, 12 layers, 30522 entries
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(folder))
+
+    def swap(node):
+        if isinstance(node, dict):
+            if "hf_model_name" in node:
+                node = {**node, "hf_model_name": str(folder), "hf_model_pretrained": False}
+            return {k: swap(v) for k, v in node.items()}
+        return node
+
+    return swap(params)
+
+
 def random_batch(cfg: TrainConfig, model, batch: int, device) -> dict:
     """A batch of random inputs shaped like the recipe's first stage."""
     stage = cfg.stages[0]
     text_cfg = model.config["clip_model"]["text_cfg"]
-    ids = torch.randint(1, 49000, (batch, int(text_cfg["context_length"])))
-    ids[:, -1] = 49407  # end of text
+    vocab = int(model.text.tower.vocab_size)
+    ids = torch.randint(5, vocab - 1, (batch, int(text_cfg["context_length"])))
+    ids[:, -1] = vocab - 1  # open_clip: end of text (the largest id)
     if stage.task == "image_text":
         size = model.image.image_size[0]
         out = {"image": torch.randn(batch, 3, size, size), "ids": ids}
@@ -70,7 +99,10 @@ def measure(name: str, params: dict, batch: int, device: torch.device) -> dict:
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     freeze_for_stage(model, cfg.stages[0])
-    module = LossModule(model)
+    teacher = None
+    if cfg.stages[0].calibration == "both":
+        teacher = EMATextTower(model.text, cfg.abnormal_calibration["ema_momentum"]).to(device)
+    module = LossModule(model, pc_align=cfg.pc_align, teacher=teacher, abnormal_calibration=cfg.abnormal_calibration)
     module.set_stage(cfg.stages[0])
     opt = build_optimizer(model, lr=1e-4)
     trainable = count_parameters(model, trainable_only=True)
@@ -107,7 +139,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["conceptclip", "fvlm", "radclip"])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    params = recipe("paper", load_params(args.params))
+    params = offline_text_towers(recipe("paper", load_params(args.params)), Path(tempfile.mkdtemp()))
     device = torch.device(args.device)
     print(f"paper recipe, first stage of each model, batch {args.batch}, {device.type}")
     print(f"{'model':14s} {'parameters':>12s} {'trainable':>12s} {'fixed GiB':>10s} {'GiB/sample':>11s}")

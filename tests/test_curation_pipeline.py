@@ -262,8 +262,10 @@ def test_curated_tables(curated):
     assert set(figs["split"]) == {"train"}
     row = figs.set_index("id").loc["F01"]
     assert row["image"] == "figures/images/F01.png"
-    assert [dict(c) for c in row["concepts"]] == [
-        {"concept_id": "MC001", "start_char": 30, "end_char": 46, "source": "extracted"}]
+    concepts = [dict(c) for c in row["concepts"]]  # every mention, the negated ones flagged
+    assert concepts[0] == {"concept_id": "MC001", "start_char": 30, "end_char": 46, "source": "extracted",
+                           "negated": False}
+    assert [(c["concept_id"], c["negated"]) for c in concepts[1:]] == [("MC002", True)]
     assert list(row["negated_concepts"]) == ["MC002"]
     assert len(row["phash"]) == 16
     f05 = figs.set_index("id").loc["F05"]

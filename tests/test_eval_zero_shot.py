@@ -90,7 +90,8 @@ def test_caption_macro_scores_each_figure_by_its_own_caption(lexicon, monkeypatc
 
     monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(texts))
     images = encode.ImageFeatures(F.normalize(torch.randn(4 * n, dim), dim=-1), None)
-    out = evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20)
+    kwargs = {"local_weight": 0.5, "local_top_fraction": 0.2, "n_boot": 20, "seed": 0}
+    out = evaluate.evaluate_findings(model, figures, lexicon, images, **kwargs).metrics
     assert out["caption_macro"]["auc"] == 1.0 and out["caption_macro"]["n_classes"] == n
     assert out["macro"]["auc"] < 0.9  # the random image embeddings score far below their captions
 
@@ -98,12 +99,13 @@ def test_caption_macro_scores_each_figure_by_its_own_caption(lexicon, monkeypatc
         raise AssertionError("captions were given: nothing to encode")
 
     monkeypatch.setattr(evaluate, "encode_texts", no_encoding)  # pre-encoded captions, as the stage passes them
-    given = evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20, captions=axis(figures.captions))
+    given = evaluate.evaluate_findings(model, figures, lexicon, images, captions=axis(figures.captions),
+                                       **kwargs).metrics
     assert given["caption_macro"] == out["caption_macro"]
 
     # a text tower that gives every caption the same embedding: chance
     monkeypatch.setattr(evaluate, "encode_texts", lambda model, texts: axis(["x 0"] * len(texts)))
-    assert evaluate.evaluate_findings(model, figures, lexicon, images, n_boot=20)["caption_macro"]["auc"] == 0.5
+    assert evaluate.evaluate_findings(model, figures, lexicon, images, **kwargs).metrics["caption_macro"]["auc"] == 0.5
 
 
 def test_findings_table_adds_the_caption_row_where_reported():

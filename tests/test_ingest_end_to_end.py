@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,11 +21,20 @@ from medvlp.curate import run_curation
 from medvlp.data.ingest import ingest_medconcept
 from medvlp.eval.stage import run_zero_shot
 from medvlp.lexicon import load_anatomy_lexicon
+from medvlp.params import load_params, stage_params
 from medvlp.train import train
 from medvlp.train.runlog import read_csv
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
 SPLIT = {"train": 0.7, "val": 0.3, "test": 0.0}
+
+
+def _zero_shot_params(**overrides) -> dict:
+    """The pipeline's zero_shot parameters (params.yaml) with ``overrides``; the stage takes every one."""
+    params = {**stage_params(load_params(REPO / "params.yaml"), "zero_shot"), **overrides}
+    params.pop("figures_dir")  # the notebook's, not the stage function's
+    return params
 
 
 def _curate(data, out, tmp_path, split=SPLIT, **lexicons) -> dict:
@@ -67,12 +77,13 @@ def test_ct_rate_ingest_curate_pretrain_fvlm(tmp_path):
     assert any("Cardiomegaly" in t for t in heart)
     assert len(table["anatomy_text"][0]) == len(load_anatomy_lexicon().anatomies)
 
-    result = train(tiny_params("fvlm", curated, steps=2), out_dir=tmp_path / "pretrain" / "fvlm", progress=False)
+    result = train(tiny_params("fvlm", curated, steps=2), out_dir=tmp_path / "pretrain" / "fvlm-s0", progress=False)
     _assert_finite_run(result, 2, ["anatomy_align"])
     # zero-shot diagnosis with CT-RATE's labels as truth and its lexicon's abnormalities as prompts
-    zs = run_zero_shot(curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"),
-                       figure_models=[], ct_models=["fvlm"], split="test", n_boot=20, anatomy_lexicon=str(lexicon),
-                       metrics_path=str(tmp_path / "zero_shot.json"), progress=False)
+    zs = run_zero_shot(**_zero_shot_params(
+        curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"), figure_models=[],
+        ct_models=["fvlm"], seeds={"fvlm": [0]}, split="test", n_boot=20, anatomy_lexicon=str(lexicon),
+        metrics_path=str(tmp_path / "zero_shot.json"), scores_dir=str(tmp_path / "scores")), progress=False)
     fvlm = zs["ct"]["fvlm"]
     n_test = int((table["split"] == "test").sum())
     assert fvlm["n_studies"] == n_test > 0
@@ -102,13 +113,15 @@ def test_medconcept_ingest_curate_pretrain_conceptclip(tmp_path):
     assert [(c["concept_id"], first["caption"][c["start_char"]:c["end_char"]]) for c in given] == \
         [("C0032227", "pleural effusion"), ("C0030705", "patient")]
 
-    run_dir = tmp_path / "pretrain" / "conceptclip"
+    run_dir = tmp_path / "pretrain" / "conceptclip-s0"
     result = train(tiny_params("conceptclip", curated, steps=2), out_dir=run_dir, progress=False)
     _assert_finite_run(result, 4, ["it_align", "pc_align"])
     # zero-shot: MedConcept-23M has no finding labels, so retrieval is what can be scored
-    zs = run_zero_shot(curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"),
-                       figure_models=["conceptclip"], ct_models=[], split="val", n_boot=20,
-                       concept_lexicon=str(lexicon), metrics_path=str(tmp_path / "zero_shot.json"), progress=False)
+    zs = run_zero_shot(**_zero_shot_params(
+        curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"),
+        figure_models=["conceptclip"], ct_models=[], seeds={"conceptclip": [0]}, split="val", n_boot=20,
+        concept_lexicon=str(lexicon), metrics_path=str(tmp_path / "zero_shot.json"),
+        scores_dir=str(tmp_path / "scores")), progress=False)
     res = zs["figures"]["conceptclip"]
     n_val = int((table["split"] == "val").sum())
     assert res["retrieval"]["image_to_text"]["n_queries"] == n_val > 0

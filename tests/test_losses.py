@@ -358,9 +358,16 @@ def test_fvlm_loss_with_no_abnormal_anatomy_is_a_differentiable_zero():
 
 # ----------------------------------------------------------------------------- bf16 autocast
 
+#: Relative L2 error of a bf16-autocast gradient against the fp32 one. bf16 keeps 8 significant bits (relative
+#: rounding 2**-9 ~ 2e-3 per input); at logit scale 100 the errors of the logits reach the softmax weights, and
+#: measured errors are ~1% for the embeddings, ~0.1% for the scale and bias. PC-Align without chunks takes the
+#: max over patches in bf16, where near-tied patches can swap and send a gradient row to another patch
+#: (measured ~4% on the patches, ~2% on the concepts).
+BF16_GRAD_RTOL = {"embeddings": 2e-2, "pc_align_unchunked": 6e-2, "scalar": 5e-3}
+
 
 @pytest.mark.parametrize("chunk", [None, 8])
-def test_bf16_autocast_at_scale_100_stays_finite(chunk):
+def test_bf16_autocast_at_scale_100_matches_fp32(chunk):
     x32, z32 = unit(B, D, seed=21).float(), unit(B, D, seed=22).float()
     v32, c32 = unit(B, P, D, seed=23).float(), unit(23, D, seed=24).float()
     a32, b32 = unit(B, 3, D, seed=25).float(), unit(B, 3, D, seed=26).float()
@@ -377,14 +384,33 @@ def test_bf16_autocast_at_scale_100_stays_finite(chunk):
             a, b, valid, normal[:, None].expand(B, 3), group[:, None].expand(B, 3), t, chunk_size=chunk
         ),
     }
+    names = ("x", "z", "v", "c", "a", "b", "t", "bias")
+
+    def leaves():
+        out = [u.detach().clone().requires_grad_() for u in (x32, z32, v32, c32, a32, b32)]
+        return out + [torch.tensor(100.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)]
+
     for name, fn in losses.items():
-        inputs = [u.detach().clone().requires_grad_() for u in (x32, z32, v32, c32, a32, b32)]
-        inputs += [torch.tensor(100.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)]
+        inputs, ref_inputs = leaves(), leaves()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = fn(*inputs)
         loss.backward()
-        reference = fn(*[u.detach() for u in inputs])
-        assert torch.isfinite(loss), name
-        assert abs(loss.item() - reference.item()) <= 0.05 * abs(reference.item()) + 0.05, name
-        for u in inputs:
-            assert u.grad is None or bool(torch.isfinite(u.grad).all()), name
+        reference = fn(*ref_inputs)  # fp32, no autocast
+        reference.backward()
+        assert reference.dtype == torch.float32 and torch.isfinite(loss), name
+        assert abs(loss.float().item() - reference.item()) <= 5e-3 * abs(reference.item()), name
+        used = 0
+        for arg, u, r in zip(names, inputs, ref_inputs):
+            assert (u.grad is None) == (r.grad is None), (name, arg)
+            if r.grad is None:
+                continue
+            used += 1
+            if r.grad.ndim == 0:
+                rtol = BF16_GRAD_RTOL["scalar"]
+            elif name == "pc_align" and chunk is None:
+                rtol = BF16_GRAD_RTOL["pc_align_unchunked"]
+            else:
+                rtol = BF16_GRAD_RTOL["embeddings"]
+            err = (u.grad.float() - r.grad).norm() / r.grad.norm()
+            assert r.grad.norm() > 0 and err <= rtol, (name, arg, float(err))
+        assert used >= 3, name  # both embeddings (or patches and concepts) and the scale

@@ -172,3 +172,32 @@ def test_chance_counts_use_the_whole_ci():
     per = {"a": {"ci_low": 0.55, "ci_high": 0.7}, "b": {"ci_low": 0.45, "ci_high": 0.6},
            "c": {"ci_low": 0.2, "ci_high": 0.49}, "d": {"ci_low": 0.5, "ci_high": 0.8}}
     assert chance_counts(per) == "1 / 1 of 4"  # d touches 0.5: neither above nor below
+
+
+def test_dvc_pretrain_stages_are_exactly_the_seeded_runs():
+    """dvc.yaml's pretrain@<model>-s<seed> stages are the runs of params.yaml's `seeds`, and zero_shot depends on
+    every one of them; RadCLIP runs start from the trained clip-s0."""
+    from medvlp.params import model_runs
+
+    params = load_params(REPO / "params.yaml")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    foreach = stages["pretrain"]["foreach"]
+    runs = model_runs(params)
+    assert list(foreach) == runs
+    for run, item in foreach.items():
+        assert run == f"{item['model']}-s{run.rsplit('-s', 1)[1]}"
+        assert item["init"] == ("reports/pretrain/clip-s0/best.pt" if item["model"].startswith("radclip")
+                                else "notebooks/02_pretrain.ipynb")
+    deps = set(stages["zero_shot"]["deps"])
+    evaluated = set(params["zero_shot"]["figure_models"]) | set(params["zero_shot"]["ct_models"])
+    assert {f"reports/pretrain/{r}/best.pt" for r in runs if r.rsplit("-s", 1)[0] in evaluated} <= deps
+    assert evaluated == set(params["seeds"]), "every evaluated model has seeds and every seeded model is evaluated"
+    assert all(len(params["seeds"][m]) >= 2 for m in ("ct_clip_global", "fvlm_nocal", "fvlm_normalcal", "fvlm"))
+
+
+def test_stage_params_of_a_run_sets_its_seed():
+    params = {"seeds": {"clip": [0, 3]}, "pretrain": {"common": {"seed": 0, "lr": 1}, "models": {"clip": {}}}}
+    assert stage_params(params, "pretrain", "clip-s3") == {"seed": 3, "lr": 1, "model": "clip"}
+    assert stage_params(params, "pretrain", "clip")["seed"] == 0
+    with pytest.raises(KeyError, match="seed 2 is not in params.yaml seeds.clip"):
+        stage_params(params, "pretrain", "clip-s2")

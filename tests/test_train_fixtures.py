@@ -31,6 +31,7 @@ ARCH = {
     "ct_clip_global": {"clip_model": TINY_CLIP, "volume_tower": "conv3d", "conv3d": TINY_CONV3D},
     "fvlm": {"clip_model": TINY_CLIP, "volume_tower": "vit3d", "vit3d": TINY_VIT3D, "pool_heads": 2},
     "fvlm_nocal": {"clip_model": TINY_CLIP, "volume_tower": "conv3d", "conv3d": TINY_CONV3D, "pool_heads": 2},
+    "fvlm_normalcal": {"clip_model": TINY_CLIP, "volume_tower": "conv3d", "conv3d": TINY_CONV3D, "pool_heads": 2},
     "radclip": {"clip_model": TINY_CLIP, "max_slices": 16, "slice_heads": 2},
     "radclip_meanpool": {"clip_model": TINY_CLIP, "max_slices": 16},
 }
@@ -100,6 +101,31 @@ def tiny_params(model: str, curated: Path, steps: int = 2, **overrides) -> dict:
         "val_max_samples": 8, "checkpoint_every": 2, "shuffle_buffer": 5,
         "optimizer": {"lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1},
         "volume": {"spatial_size": [32, 32, 16]},
+        "pc_align": {"positives": "paper", "negated_mentions": "keep"},
+        "abnormal_calibration": {"ema_momentum": 0.9, "weight": 1.0, "threshold": None, "temperature": 0.07},
     }
     params.update(overrides)
     return params
+
+
+TEXT_ENCODER_TEXTS = [f"{a} {b} in the {c}." for a in ("small", "large", "no", "mild")
+                      for b in ("pleural effusion", "lung nodule", "cardiomegaly", "fracture", "lesion")
+                      for c in ("liver", "lung", "heart", "kidney", "spleen")]
+
+
+def write_text_encoder(path: Path, *, hidden: int = 32, layers: int = 1, context: int = 64) -> Path:
+    """A tiny BERT text encoder directory (WordPiece tokenizer + random ``BertModel`` without dropout) at ``path``,
+    as the ``pretrain_text`` stage writes one; returns ``path``."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from medvlp.train.text_encoder import train_wordpiece
+
+    tokenizer = train_wordpiece(TEXT_ENCODER_TEXTS, 200, path)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=context,
+                        pad_token_id=tokenizer.pad_token_id, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # no dropout: runs compare exactly
+    BertModel(config, add_pooling_layer=False).save_pretrained(str(path))
+    return path

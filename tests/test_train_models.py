@@ -16,6 +16,7 @@ from medvlp.train.runlog import read_csv
 TERMS = {
     "clip": ["it_align"], "siglip": ["it_align"], "conceptclip": ["it_align", "pc_align"],
     "ct_clip_global": ["vt_align"], "fvlm": ["anatomy_align"], "fvlm_nocal": ["anatomy_align"],
+    "fvlm_normalcal": ["anatomy_align"],
     "radclip": ["it_align", "vt_align"], "radclip_meanpool": ["it_align", "vt_align"],
 }
 

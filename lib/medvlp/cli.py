@@ -3,6 +3,7 @@
     medvlp synth data/                      write the deterministic synthetic corpus
     medvlp verify-data data/ data.dvc       check data/ against the hash recorded by DVC
     medvlp curate --params params.yaml      run the curation stage without a notebook
+    medvlp pretrain-text --params params.yaml   run the text-encoder stage without a notebook
     medvlp ingest KIND SRC DST [...]        convert a public dataset into data/ (medvlp.data.ingest)
     medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
     medvlp update-readme                    regenerate README.md's results from reports/metrics
@@ -50,11 +51,25 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain_text(args: argparse.Namespace) -> int:
+    from medvlp.params import load_params, stage_params
+    from medvlp.train.text_encoder import pretrain_text_encoder
+
+    metrics = pretrain_text_encoder(**stage_params(load_params(args.params), "pretrain_text"))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
 def _cmd_notebook(args: argparse.Namespace) -> int:
     from medvlp.notebooks import run_notebook
     from medvlp.params import load_params, stage_params
 
-    params = stage_params(load_params(args.params), args.section, args.item)
+    everything = load_params(args.params)
+    params = stage_params(everything, args.section, args.item)
+    for name in args.extra:
+        if name not in everything:
+            raise SystemExit(f"--extra {name}: params file {args.params} has no section {name!r}")
+        params[name] = everything[name]
     run_notebook(args.source, args.output, params)
     return 0
 
@@ -114,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_cmd_curate)
 
+    p = sub.add_parser("pretrain-text", help="train the text encoder (the pretrain_text stage) from params.yaml")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.set_defaults(func=_cmd_pretrain_text)
+
     from medvlp.data.ingest.cli import configure_parser as configure_ingest
     from medvlp.data.ingest.cli import run as run_ingest
 
@@ -124,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--section", required=True, help="params.yaml section (the DVC stage name)")
-    p.add_argument("--item", default=None, help="foreach item (e.g. the model of a pretrain@<model> stage)")
+    p.add_argument("--item", default=None,
+                   help="foreach item: the model, or the run <model>-s<seed> of a pretrain@<model>-s<seed> stage")
+    p.add_argument("--extra", action="append", default=[], metavar="SECTION",
+                   help="also pass another params.yaml section whole, as a parameter of that name (e.g. seeds)")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_cmd_notebook)
 

@@ -50,19 +50,58 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+#: A training run's name: ``<model>-s<seed>`` (the DVC stage ``pretrain@<model>-s<seed>``).
+RUN_NAME = re.compile(r"^(?P<model>.+)-s(?P<seed>\d+)$")
+
+
+def run_name(model: str, seed: int) -> str:
+    """``<model>-s<seed>``, the name of one training run (its DVC stage key and output folder)."""
+    return f"{model}-s{int(seed)}"
+
+
+def model_runs(params: dict[str, Any]) -> list[str]:
+    """Every training run of params.yaml's ``seeds`` section, in its order: ``["clip-s0", ...]``.
+
+    Raises:
+        KeyError: a model of ``seeds`` has no ``pretrain.models`` entry.
+    """
+    models = params.get("pretrain", {}).get("models", {})
+    unknown = sorted(set(params.get("seeds", {})) - set(models))
+    if unknown:
+        raise KeyError(f"params.yaml seeds: {unknown} have no entry under pretrain.models")
+    return [run_name(m, s) for m, seeds in params.get("seeds", {}).items() for s in seeds]
+
+
 def stage_params(params: dict[str, Any], section: str, item: str | None = None) -> dict[str, Any]:
     """The parameters of one stage: ``params[section]``, or for a ``foreach`` stage the section's
-    ``common`` block merged with ``params[section]['models'][item]``."""
+    ``common`` block merged with ``params[section]['models'][<model>]``.
+
+    ``item`` is a model name, or a run name ``<model>-s<seed>``: then ``seed`` is set to that seed, which
+    must be listed for the model in the top-level ``seeds`` section.
+
+    Raises:
+        KeyError: no such section, model, or seed of that model.
+    """
     if section not in params:
         raise KeyError(f"params.yaml has no section {section!r}; sections: {sorted(params)}")
     block = params[section]
     if item is None:
         return copy.deepcopy(block)
     models = block.get("models", {})
-    if item not in models:
-        raise KeyError(f"params.yaml section {section!r} has no entry {item!r} under 'models'; "
+    model, seed = item, None
+    match = RUN_NAME.match(item)
+    if item not in models and match:
+        model, seed = match["model"], int(match["seed"])
+    if model not in models:
+        raise KeyError(f"params.yaml section {section!r} has no entry {model!r} under 'models'; "
                        f"known: {sorted(models)}")
-    return deep_merge(block.get("common", {}), {**models[item], "model": item})
+    merged = deep_merge(block.get("common", {}), {**models[model], "model": model})
+    if seed is not None:
+        listed = params.get("seeds", {}).get(model, [])
+        if seed not in listed:
+            raise KeyError(f"run {item!r}: seed {seed} is not in params.yaml seeds.{model} = {listed}")
+        merged["seed"] = seed
+    return merged
 
 
 def select_params(fn: Callable[..., Any], namespace: dict[str, Any]) -> dict[str, Any]:
@@ -80,4 +119,6 @@ def recipe(name: str, base: dict[str, Any]) -> dict[str, Any]:
     known = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
     if name not in known:
         raise ValueError(f"unknown recipe {name!r}; known: {known}")
-    return deep_merge(base, load_yaml(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {})
+    overlay = load_yaml(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {}
+    # top-level ``x-*`` keys only hold YAML anchors that the recipe's sections reuse
+    return deep_merge(base, {k: v for k, v in overlay.items() if not k.startswith("x-")})

@@ -85,26 +85,50 @@ def _caption_macro(findings: dict) -> str:
     return _boot(macro) if macro else "-"
 
 
-def _target(name: str, value: float, threshold: float) -> str:
-    met = "met" if value >= threshold else "**not met**"
-    return f"{name} {value:.3f} (issue target >= {threshold:.2f}: {met})"
+def _p(p: float | None) -> str:
+    if p is None or p != p:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def claims_markdown(report: dict) -> list[str]:
+    """The claims table: paired difference, its two-level CI, DeLong's p, seeds, MDE and verdict."""
+    claims = report.get("claims", [])
+    lines = ["| claim | baseline | method | difference [95% CI] | DeLong p | seeds | MDE | paper | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        seeds = f"{c['seeds'][c['baseline']]} / {c['seeds'][c['method']]}"
+        paper = "-" if c.get("paper_effect") is None else f"+{c['paper_effect']:.2f}"
+        lines.append(f"| {c['claim']} | {c['baseline']} {c['baseline_value']:.3f} | {c['method']} "
+                     f"{c['method_value']:.3f} | {_ci(c['difference'], c['ci'])} | {_p(c.get('p_delong'))} | "
+                     f"{seeds} | {c['mde']:.3f} | {paper} | **{c['verdict']}** |")
+    inconclusive = [c for c in claims if c["verdict"] == "inconclusive"]
+    lines += ["", f"{len(inconclusive)} of {len(claims)} claims are inconclusive."]
+    for c in inconclusive:
+        if c.get("paper_effect") is not None:
+            seen = "could have been detected" if c["mde"] <= c["paper_effect"] else "is below what this test set " \
+                "and these seeds can detect"
+            lines.append(f"- {c['claim']}: the paper's +{c['paper_effect']:.2f} {seen} (MDE {c['mde']:.3f}).")
+    return lines
 
 
 def zero_shot_markdown(report: dict) -> str:
-    """The claims, the per-model headline numbers and the issue targets from ``zero_shot.json``."""
+    """The claims and the per-model headline numbers from ``zero_shot.json``."""
+    seeds = sorted({len(v) for v in report.get("seeds", {}).values()})
     lines = ["### Do the papers' claims reproduce here? (`reports/metrics/zero_shot.json`)", "",
              f"Held-out {report['split']} split: {report.get('n_figures', 0)} figures, {report.get('n_studies', 0)} "
-             f"CT studies; AUROC with {report['n_boot']}-sample bootstrap 95% CIs. A class is *above* / *below* "
-             "chance when its whole AUROC CI lies above / below 0.5. Verdicts are computed: *reproduced* when "
-             "the method's whole CI lies above the baseline's estimate, *not reproduced* when its estimate is "
-             "not above it, *inconclusive* otherwise.", "",
-             "| claim | baseline | AUROC | method | AUROC | verdict |", "|---|---|---|---|---|---|"]
-    for c in report.get("claims", []):
-        lines.append(f"| {c['claim']} | {c['baseline']} | {_ci(c['baseline_auc'], c['baseline_ci'])} | "
-                     f"{c['method']} | {_ci(c['method_auc'], c['method_ci'])} | {c['verdict']} |")
+             f"CT studies; {' or '.join(map(str, seeds))} training seed(s) per model. Each claim compares a method "
+             "with its baseline on the same test items: the difference of their seed-averaged headline metric "
+             "(2D: macro AUROC of the findings; CT: mean AUROC of the abnormalities; or the protocol named), a "
+             f"{report['n_boot']}-replicate two-level bootstrap 95% CI (training seeds, then items), DeLong's test "
+             "on the seed-averaged scores, and the minimum detectable effect (MDE) at 80% power. Verdicts are "
+             "computed: *reproduced* when the CI lies above 0, *contradicted* when below 0, *inconclusive* "
+             "otherwise. \"paper\" is the effect the paper reports where it gives a number.", ""]
+    lines += claims_markdown(report)
+    lines += ["", "![claims](reports/figures/zero_shot/claims_forest.png)"]
     figures, ct = report.get("figures", {}), report.get("ct", {})
     if figures:
-        lines += ["", "| 2D model | findings macro AUROC | findings above / below chance | "
+        lines += ["", "| 2D model (seed 0) | findings macro AUROC | findings above / below chance | "
                   "prompt cosine within a modality (mean) | findings macro AUROC from the captions (text side) | "
                   "image->text R@1 / R@10 | text->image R@1 / R@10 | linear probe AUROC (1% / 10% / 100% labels) |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -119,19 +143,22 @@ def zero_shot_markdown(report: dict) -> str:
                          f"{i2t['recall@1']['estimate']:.3f} / {i2t['recall@10']['estimate']:.3f} | "
                          f"{t2i['recall@1']['estimate']:.3f} / {t2i['recall@10']['estimate']:.3f} | {probe} |")
     if ct:
-        lines += ["", "| CT model | mean AUROC over diseases | diseases above / below chance | F1 | sensitivity | "
-                  "specificity |", "|---|---|---|---|---|---|"]
+        lines += ["", "| CT model (seed 0) | mean AUROC over diseases | diseases above / below chance | F1 | "
+                  "sensitivity | specificity | linear probe AUROC (1% / 10% / 100%) | volume->report R@1 / R@10 | "
+                  "pairs scored / left out (anatomy not intact) |", "|---|---|---|---|---|---|---|---|---|"]
         for m, r in ct.items():
             mean = r["mean"]
+            probe = " / ".join(f"{v['macro']['auc']:.3f}" for _, v in sorted((r.get("probe") or {}).items(),
+                                                                              key=lambda kv: float(kv[0]))) or "-"
+            v2r = (r.get("retrieval") or {}).get("volume_to_report")
+            recall = f"{v2r['recall@1']['estimate']:.3f} / {v2r['recall@10']['estimate']:.3f}" if v2r else "-"
             lines.append(f"| {m} | {_ci(mean['auc'], mean['ci'])} | {chance_counts(r['per_disease'])} | "
-                         f"{mean['f1']:.3f} | {mean['sensitivity']:.3f} | {mean['specificity']:.3f} |")
-    targets = []
-    if "conceptclip" in figures:
-        targets.append(_target("conceptclip macro AUROC", figures["conceptclip"]["findings"]["macro"]["auc"], 0.85))
-    if "fvlm" in ct:
-        targets.append(_target("fvlm mean AUROC", ct["fvlm"]["mean"]["auc"], 0.80))
-    if targets:
-        lines += ["", "Targets: " + "; ".join(targets) + "."]
+                         f"{mean['f1']:.3f} | {mean['sensitivity']:.3f} | {mean['specificity']:.3f} | {probe} | "
+                         f"{recall} | {r.get('n_pairs', '-')} / {r.get('n_pairs_excluded', '-')} |")
+    per_seed = {m: r["seed_results"] for part in (figures, ct) for m, r in part.items() if len(r["seed_results"]) > 1}
+    if per_seed:
+        lines += ["", "Headline per training seed: " + "; ".join(
+            f"{m} " + " / ".join(f"{v:.3f}" for _, v in sorted(r.items())) for m, r in per_seed.items()) + "."]
     lines += ["", "![ablations](reports/figures/zero_shot/ablations.png)"]
     return "\n".join(lines)
 
@@ -170,12 +197,23 @@ def stage_loss_windows(train_log: Path, window: float = 0.1) -> list[tuple[float
     return out
 
 
-def pretrain_markdown(pretrain_dir: Path) -> str:
-    """Steps, measured time, throughput and the loss trend of every pre-training run."""
-    lines = ["### Pre-training (`reports/pretrain/<model>/run_info.json`)", "",
-             "| model | steps | parameters | time (s) | samples/s | training loss per stage, first -> last 10% "
-             "of steps | device |",
-             "|---|---|---|---|---|---|---|"]
+def pretrain_markdown(pretrain_dir: Path, text_encoder: dict | None = None) -> str:
+    """Steps, measured time, throughput and the loss trend of every pre-training run (and of the text
+    encoder's masked-LM pre-training, ``text_encoder``: ``reports/metrics/text_encoder.json``)."""
+    lines = ["### Pre-training (`reports/pretrain/<model>-s<seed>/run_info.json`)", ""]
+    if text_encoder:
+        mlm = (text_encoder.get("val_after_phase") or {}).get("mlm", {})
+        concept = (text_encoder.get("val_after_phase") or {}).get("concept", {})
+        lines += [f"Text encoder (`pretrain_text`, `reports/metrics/text_encoder.json`): a "
+                  f"{text_encoder['parameters']:,}-parameter BERT with a {text_encoder['vocab_size']}-entry WordPiece "
+                  f"vocabulary, trained on {text_encoder['n_train_texts']} training texts in "
+                  f"{text_encoder['elapsed_s']:.0f} s: {text_encoder['steps']} masked-LM steps (held-out masked-token "
+                  f"accuracy {mlm.get('val_accuracy', float('nan')):.3f}), then {text_encoder['concept_steps']} steps "
+                  f"learning the {text_encoder['n_concepts']} concepts of the training captions (held-out loss "
+                  f"{concept.get('val_concept_loss', float('nan')):.3f}).", ""]
+    lines += ["| run | steps | parameters | time (s) | samples/s | training loss per stage, first -> last 10% "
+              "of steps | device |",
+              "|---|---|---|---|---|---|---|"]
     total, flat = 0.0, []
     for info_path in sorted(pretrain_dir.glob("*/run_info.json")):
         info = json.loads(info_path.read_text("utf-8"))
@@ -183,8 +221,8 @@ def pretrain_markdown(pretrain_dir: Path) -> str:
         total += info["elapsed_s"]
         trend = "; ".join(f"{a:.3f} -> {b:.3f}" for a, b in windows)
         if windows and windows[-1][1] > (1 - FLAT_LOSS_DROP) * windows[-1][0]:
-            flat.append(info["model"])
-        lines.append(f"| {info['model']} | {info['steps_done']} | {info['parameters']['total']:,} | "
+            flat.append(info_path.parent.name)
+        lines.append(f"| {info_path.parent.name} | {info['steps_done']} | {info['parameters']['total']:,} | "
                      f"{info['elapsed_s']:.0f} | {info.get('mean_samples_per_s') or 0:.1f} | {trend} | "
                      f"{info['device']['type']} x{info['device']['world_size']} |")
     lines += ["", f"All pre-training together: {total / 60:.1f} min."]
@@ -206,7 +244,9 @@ def results_markdown(metrics_dir: str | Path = "reports/metrics") -> str:
         parts += [explain_markdown(json.loads(explain.read_text("utf-8"))), ""]
     pretrain_dir = metrics_dir.parent / "pretrain"
     if any(pretrain_dir.glob("*/run_info.json")):
-        parts += [pretrain_markdown(pretrain_dir), ""]
+        text = metrics_dir / "text_encoder.json"
+        parts += [pretrain_markdown(pretrain_dir, json.loads(text.read_text("utf-8")) if text.is_file() else None),
+                  ""]
     curation = metrics_dir / "curation.json"
     if curation.is_file():
         parts.append(curation_markdown(json.loads(curation.read_text("utf-8"))))

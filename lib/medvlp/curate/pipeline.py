@@ -24,8 +24,9 @@ caption             string                                           caption as 
 article_id          string                                           split group
 modality            string (null when the manifest has none)         modality id
 split               string                                           ``train`` / ``val`` / ``test``
-concepts            list<struct<concept_id: string, start_char:      positive concept mentions, by start;
-                    int32, end_char: int32, source: string>>         ``source`` = ``given`` | ``extracted``
+concepts            list<struct<concept_id: string, start_char:      every concept mention, by start;
+                    int32, end_char: int32, source: string,          ``source`` = ``given`` | ``extracted``;
+                    negated: bool>>                                  ``negated``: a negated mention ("no X")
 negated_concepts    list<string>                                     ids of negated mentions (first-seen
                                                                      order, no repeats)
 subcaptions         list<struct<label: string, start: int32,         compound panels (``[]`` if not compound)
@@ -96,7 +97,7 @@ __all__ = ["CT_SCHEMA", "DEFAULT_SPLIT", "FIGURES_SCHEMA", "run_curation"]
 DEFAULT_SPLIT = {"train": 0.75, "val": 0.05, "test": 0.2}
 
 _SPAN = pa.struct([("concept_id", pa.string()), ("start_char", pa.int32()), ("end_char", pa.int32()),
-                   ("source", pa.string())])
+                   ("source", pa.string()), ("negated", pa.bool_())])
 _PANEL = pa.struct([("label", pa.string()), ("start", pa.int32()), ("end", pa.int32())])
 FIGURES_SCHEMA = pa.schema([
     ("id", pa.string()), ("image", pa.string()), ("caption", pa.string()), ("article_id", pa.string()),
@@ -175,7 +176,7 @@ def _figures_table(fig: _Figures, data_prefix: str) -> pa.Table:
             "id": rec.id, "image": f"{data_prefix}/{rec.image}", "caption": rec.caption,
             "article_id": rec.article_id, "modality": rec.modality, "split": split,
             "concepts": [{"concept_id": m.concept_id, "start_char": m.start, "end_char": m.end,
-                          "source": m.source} for m in ms if not m.negated],
+                          "source": m.source, "negated": m.negated} for m in ms],
             "negated_concepts": list(dict.fromkeys(m.concept_id for m in ms if m.negated)),
             "subcaptions": [{"label": p.label, "start": p.start, "end": p.end}
                             for p in fig.subcaptions[rec.id]],

@@ -142,6 +142,9 @@ class CTSet:
     volumes: ``[N, 1, X, Y, Z]`` float32 in [0, 1]; label_maps: ``[N, X, Y, Z]`` int16; reports:
     per study the report text (impression + findings); labels: ``[N, K]`` bool, abnormality
     ``abnormality_ids[k]`` present; anatomy_of: per abnormality its anatomy id; has_truth: ``[N]``.
+    anatomy_ids: the A anatomies of the lexicon, in order; intact: ``[N, A]`` bool, the anatomy is intact
+    in the crop (:func:`intact_anatomies`; None = not computed, everything counts as intact);
+    anatomy_texts: per study ``{anatomy: text}`` of the curated report decomposition (fVLM), or None.
     """
 
     ids: list[str]
@@ -152,25 +155,67 @@ class CTSet:
     has_truth: np.ndarray
     abnormality_ids: list[str]
     anatomy_of: list[str]
+    anatomy_ids: list[str] | None = None
+    intact: np.ndarray | None = None
+    anatomy_texts: list[dict[str, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
+def intact_anatomies(label_maps: torch.Tensor, labels: Sequence[int], full_sizes: np.ndarray,
+                     min_fraction: float) -> np.ndarray:
+    """Which anatomies are intact in each crop, as fVLM's zero-shot protocol scores only those.
+
+    Anatomy a is intact in study n when it has voxels in the crop, none of them on the crop's outermost
+    voxel layer, and the crop holds at least ``min_fraction`` of it (fVLM: about 90% of the organ).
+
+    Args:
+        label_maps: ``[N, X, Y, Z]`` integer labels of the crops (0 = background).
+        labels: the A label values, in anatomy order.
+        full_sizes: ``[N, A]`` voxels of each anatomy in the whole (uncropped) segmentation, in the crop's
+            voxel units.
+        min_fraction: in [0, 1].
+
+    Returns:
+        ``[N, A]`` bool.
+
+    Raises:
+        ValueError: ``min_fraction`` outside [0, 1], or ``full_sizes`` not ``[N, A]``.
+    """
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise ValueError(f"intact_min_fraction must be in [0, 1], got {min_fraction!r}")
+    lab = torch.as_tensor(list(labels), dtype=label_maps.dtype)
+    n = label_maps.shape[0]
+    full = np.asarray(full_sizes, dtype=np.float64)
+    if full.shape != (n, len(lab)):
+        raise ValueError(f"full_sizes must be [N, A] = [{n}, {len(lab)}], got {full.shape}")
+    counts = torch.stack([(label_maps == v).reshape(n, -1).sum(1) for v in lab], dim=1).numpy()  # [N, A]
+    faces = torch.cat([label_maps[:, [0, -1]].reshape(n, -1), label_maps[:, :, [0, -1]].reshape(n, -1),
+                       label_maps[:, :, :, [0, -1]].reshape(n, -1)], dim=1)
+    border = torch.stack([(faces == v).any(1) for v in lab], dim=1).numpy()  # [N, A]
+    return (counts > 0) & ~border & (counts >= float(min_fraction) * full)
+
+
 def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatial_size: Sequence[int],
             truth_path: str | Path | None = None, hu_window: Sequence[float] = (-1150.0, 350.0),
-            report_sections: Sequence[str] = ("impression", "findings"), limit: int | None = None) -> CTSet:
+            report_sections: Sequence[str] = ("impression", "findings"), limit: int | None = None,
+            intact_min_fraction: float | None = None) -> CTSet:
     """Decode and transform the CT studies of ``split`` and attach their abnormality labels.
 
     Args:
         spatial_size: (X, Y, Z) of the model input (the crop around the anatomies).
         report_sections: joined in this order into the report text (as in training).
+        intact_min_fraction: mark the intact anatomies (:func:`intact_anatomies`): the crop must hold this
+            least fraction of the anatomy's voxels in the whole segmentation; None leaves ``intact`` unset.
+            (Evaluation does not resample: voxel counts of the source and the crop are comparable.)
     """
     truth = read_truth(truth_path)
     abn = list(lexicon.abnormalities)
     abnormality_ids = [a.id for a in abn]
     transform = VolumeTransform(spatial_size, hu_window=hu_window)
-    ids, vols, labs, reports, rows, has_truth = [], [], [], [], [], []
+    ids, vols, labs, reports, rows, has_truth, texts, full = [], [], [], [], [], [], [], []
+    anatomy_labels = [a.label for a in lexicon.anatomies]
     for sample in _iter_split(curated_dir, "ct", split, limit, f"ct/{split}"):
         meta = sample["meta"]
         sid = str(meta["id"])
@@ -184,10 +229,26 @@ def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatia
         vols.append(vol)
         labs.append(lab.to(torch.int16))
         reports.append(" ".join(str(meta.get(s) or "").strip() for s in report_sections).strip())
+        texts.append(_anatomy_texts(meta.get("anatomy_text")))
+        full.append([int((sample["segmentation"] == v).sum()) for v in anatomy_labels])
         rows.append(row)
         has_truth.append(rec is not None)
     size = tuple(int(s) for s in spatial_size)
-    return CTSet(ids, torch.stack(vols) if vols else torch.zeros(0, 1, *size),
-                 torch.stack(labs) if labs else torch.zeros(0, *size, dtype=torch.int16), reports,
+    label_maps = torch.stack(labs) if labs else torch.zeros(0, *size, dtype=torch.int16)
+    intact = None
+    if intact_min_fraction is not None:
+        full_sizes = np.asarray(full, dtype=np.float64).reshape(len(ids), len(anatomy_labels))
+        intact = intact_anatomies(label_maps, anatomy_labels, full_sizes, intact_min_fraction)
+    return CTSet(ids, torch.stack(vols) if vols else torch.zeros(0, 1, *size), label_maps, reports,
                  np.stack(rows) if rows else np.zeros((0, len(abn)), dtype=bool),
-                 np.asarray(has_truth, dtype=bool), abnormality_ids, [a.anatomy for a in abn])
+                 np.asarray(has_truth, dtype=bool), abnormality_ids, [a.anatomy for a in abn],
+                 [a.id for a in lexicon.anatomies], intact, texts)
+
+
+def _anatomy_texts(value) -> dict[str, str]:
+    """``{anatomy: text}`` from the curated ``anatomy_text`` (a dict, or a list of ``{anatomy, text}``)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    return {row["anatomy"]: row["text"] for row in value}

@@ -266,8 +266,9 @@ def linear_probe(
         ``n_not_converged`` (final fits that hit ``max_iter``), ``constant`` (classes given a constant
         score), and the test AUROC as :func:`~medvlp.eval.metrics.auroc_table` gives it: ``per_class``
         (``{name: bootstrap_auroc dict}``), ``macro`` and ``skipped``. Multi-label AUROCs score the
-        decision values, multi-class ones the one-vs-rest probabilities; multi-class results add
-        ``accuracy`` (``estimate``, ``ci_low``, ``ci_high``, ``n_boot_valid``).
+        decision values, multi-class ones the one-vs-rest probabilities; ``scores`` holds them (``[M, C]``,
+        the per-item scores behind the AUROCs); multi-class results add ``accuracy`` (``estimate``,
+        ``ci_low``, ``ci_high``, ``n_boot_valid``).
     """
     x_train = _check_features(train_x, "train_x", None, None)
     n, d = x_train.shape
@@ -309,7 +310,7 @@ def linear_probe(
         result = {"n_train": int(subset.size), "C": chosen, "c_source": source, "cv_scores": cv_scores,
                   "n_not_converged": n_bad, "constant": [names[c] for c in np.flatnonzero(constant)],
                   "per_class": {k: v for k, v in table.items() if k not in TABLE_KEYS},
-                  "macro": table["macro"], "skipped": table["skipped"]}
+                  "macro": table["macro"], "skipped": table["skipped"], "scores": scores[0]}
         if multiclass:
             correct = scores[0].argmax(axis=1) == y_test.argmax(axis=1)
             result["accuracy"] = bootstrap_ci(np.mean, correct, n_boot=n_boot, alpha=alpha, seed=seed)

@@ -1,12 +1,26 @@
-"""The ``zero_shot`` stage: every trained model on the held-out split, ablation tables, metrics JSON.
+"""The ``zero_shot`` stage: every trained model and seed on the held-out split, paired claims, metrics JSON.
 
-``run_zero_shot(**params)`` is what notebooks/03_zero_shot.ipynb runs (params: the ``zero_shot``
-section of params.yaml). It loads each model's checkpoint from ``pretrain_dir/<model>/<checkpoint>``,
-evaluates 2D models (``figure_models``) on the figures and volume models (``ct_models``) on the CT
-studies, and writes ``metrics_path``:
+``run_zero_shot(**params)`` is what notebooks/03_zero_shot.ipynb runs (params: the ``zero_shot`` section of
+params.yaml, plus the top-level ``seeds`` section). For every model and every training seed it loads
+``pretrain_dir/<model>-s<seed>/<checkpoint>`` and evaluates 2D models (``figure_models``) on the figures and
+volume models (``ct_models``) on the CT studies. It writes:
 
-    {"split", "n_boot", "figures": {model: {"findings", "retrieval", "linear_probe"}},
-     "ct": {model: {...evaluate_ct...}}, "ablations": {name: [{model, metric, value, ci}]}}
+- ``metrics_path``::
+
+    {"split", "n_boot", "seed", "seeds": {model: [seeds]},
+     "figures": {model: {"findings", "retrieval", "linear_probe", "seed_results"}},
+     "ct": {model: {...evaluate_ct..., "probe", "retrieval", "seed_results"}},
+     "ablations": {name: [{model, metric, value, ci}]}, "claims": [...], "n_inconclusive"}
+
+  where each model's metrics are those of its first seed and ``seed_results`` gives every seed's headline;
+- ``scores_dir/<model>.parquet``: every per-item score of every seed (columns ``seed``, ``task``, ``item``,
+  ``class``, ``label``, ``score``; :func:`~medvlp.eval.evaluate.score_frame`), from which each claim is
+  recomputed by :func:`claim_rows` without running any model.
+
+A claim compares a method with its baseline on the same test items (:data:`CLAIMS`): the difference of
+their seed-averaged headline metric with a two-level bootstrap CI (training seeds, then items;
+:mod:`medvlp.eval.compare`), DeLong's test on the seed-averaged scores, and the verdict *reproduced* (CI
+above 0), *contradicted* (below 0) or *inconclusive*, with the minimum detectable effect at 80% power.
 """
 
 from __future__ import annotations
@@ -14,17 +28,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from medvlp.curate.curation_report import round_floats
+from medvlp.eval.compare import (
+    hierarchical_bootstrap_difference,
+    hierarchical_mean_difference,
+    minimum_detectable_effect,
+    paired_auroc_difference,
+)
 from medvlp.eval.data import load_ct, load_figures
-from medvlp.eval.encode import encode_texts
+from medvlp.eval.encode import encode_texts, encode_volumes
 from medvlp.eval.evaluate import (
+    Evaluation,
     evaluate_ct,
+    evaluate_ct_probe,
+    evaluate_ct_retrieval,
     evaluate_findings,
     evaluate_linear_probe,
     evaluate_retrieval,
@@ -33,102 +59,282 @@ from medvlp.eval.evaluate import (
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
 from medvlp.models import load_model
 from medvlp.models.volume_tower import has_volume_tower, input_volume_size, volume_size
+from medvlp.params import run_name
 
-#: The three ablations of the papers' claims: (name, collection, models in order, metric).
+#: The ablations shown side by side (headline number per model): (name, collection, models in order).
 ABLATIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("it_align", "figures", ("clip", "siglip", "conceptclip")),
-    ("anatomy_alignment", "ct", ("ct_clip_global", "fvlm_nocal", "fvlm")),
+    ("text_tower", "figures", ("conceptclip_scratch_text", "conceptclip")),
+    ("pc_align_positives", "figures", ("conceptclip", "conceptclip_concept_positives")),
+    ("anatomy_alignment", "ct", ("ct_clip_global", "fvlm_nocal", "fvlm_normalcal", "fvlm")),
+    ("text_tower_ct", "ct", ("fvlm_scratch_text", "fvlm")),
     ("slice_pooling", "ct", ("radclip_meanpool", "radclip")),
 )
 
 
-def checkpoint_path(pretrain_dir: str | Path, model: str, checkpoint: str = "best.pt") -> Path:
-    """``pretrain_dir/<model>/<checkpoint>``; raises FileNotFoundError naming the stage to run."""
-    path = Path(pretrain_dir) / model / checkpoint
+@dataclass(frozen=True)
+class Claim:
+    """One claim: ``method`` beats ``baseline`` on ``task`` (a per-item score task of the scores tables).
+
+    metric: ``auroc`` (macro AUROC over the task's classes) or ``recall@K`` (from per-query ranks).
+    paper_effect: the improvement the paper reports (AUROC points as a fraction), None when it gives none.
+    """
+
+    text: str
+    baseline: str
+    method: str
+    task: str
+    metric: str = "auroc"
+    paper_effect: float | None = None
+    beyond_paper: bool = False
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim("ConceptCLIP: sigmoid IT-Align (SigLIP) as the image-text objective", "clip", "siglip", "findings"),
+    Claim("ConceptCLIP: PC-Align on top of IT-Align improves zero-shot findings", "siglip", "conceptclip", "findings"),
+    Claim("ConceptCLIP: a pretrained text tower (vs the same tower from scratch)", "conceptclip_scratch_text",
+          "conceptclip", "findings"),
+    Claim("Beyond the paper: PC-Align positives by concept, negated mentions dropped", "conceptclip",
+          "conceptclip_concept_positives", "findings", beyond_paper=True),
+    Claim("fVLM: anatomy-level alignment beats global (+4-5 AUC)", "ct_clip_global", "fvlm_nocal", "ct_diagnosis",
+          paper_effect=0.04),
+    Claim("fVLM: normal false-negative calibration (+2-4 AUC)", "fvlm_nocal", "fvlm_normalcal", "ct_diagnosis",
+          paper_effect=0.02),
+    Claim("fVLM: abnormal false-negative calibration (EMA text teacher)", "fvlm_normalcal", "fvlm", "ct_diagnosis"),
+    Claim("fVLM: a pretrained text tower (vs the same tower from scratch)", "fvlm_scratch_text", "fvlm",
+          "ct_diagnosis"),
+    Claim("RadCLIP: attention slice pooling beats mean pooling (zero-shot)", "radclip_meanpool", "radclip",
+          "ct_diagnosis"),
+    Claim("RadCLIP: attention slice pooling beats mean pooling (linear probe, 100% labels)", "radclip_meanpool",
+          "radclip", "ct_probe@1.0"),
+    Claim("RadCLIP: attention slice pooling beats mean pooling (volume->report R@10)", "radclip_meanpool", "radclip",
+          "ct_retrieval:volume_to_report", metric="recall@10"),
+)
+
+
+def checkpoint_path(pretrain_dir: str | Path, run: str, checkpoint: str) -> Path:
+    """``pretrain_dir/<run>/<checkpoint>``; raises FileNotFoundError naming the stage to run."""
+    path = Path(pretrain_dir) / run / checkpoint
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train the model first (dvc repro pretrain@{model})")
+        raise FileNotFoundError(f"{path} not found: train the model first (dvc repro pretrain@{run})")
     return path
 
 
-def evaluate_figure_model(name: str, model: torch.nn.Module, test, train, lexicon, *, n_boot: int, seed: int,
-                          local_weight: float, top_k: int, ks: Sequence[int] = (1, 5, 10),
-                          fractions: Sequence[float] = (0.01, 0.1, 1.0)) -> dict:
+def evaluate_figure_model(model: torch.nn.Module, test, train, lexicon, *, n_boot: int, seed: int,
+                          local_weight: float, local_top_fraction: float, ks: Sequence[int],
+                          fractions: Sequence[float]) -> Evaluation:
     """Findings (zero-shot), retrieval and, with ``train`` (a FigureSet), the linear probe of one 2D model.
 
     ``train=None`` leaves the probe out (``linear_probe`` is then absent from the result)."""
     test_feats = image_features(model, test)
     captions = encode_texts(model, test.captions)
-    out = {
-        "findings": evaluate_findings(model, test, lexicon, test_feats, local_weight=local_weight, top_k=top_k,
-                                      n_boot=n_boot, seed=seed, captions=captions),
-        "retrieval": evaluate_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed, captions=captions),
-    }
+    findings = evaluate_findings(model, test, lexicon, test_feats, local_weight=local_weight,
+                                 local_top_fraction=local_top_fraction, n_boot=n_boot, seed=seed, captions=captions)
+    retrieval = evaluate_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed, captions=captions)
+    metrics = {"findings": findings.metrics, "retrieval": retrieval.metrics}
+    frames = [findings.scores, retrieval.scores]
     if train is not None:
         train_feats = image_features(model, train, with_patches=False)
-        out["linear_probe"] = evaluate_linear_probe(train_feats, train, test_feats, test, lexicon,
-                                                    fractions=fractions, n_boot=n_boot, seed=seed)
-    return out
+        probe = evaluate_linear_probe(train_feats, train, test_feats, test, lexicon, fractions=fractions,
+                                      n_boot=n_boot, seed=seed)
+        metrics["linear_probe"] = probe.metrics
+        frames.append(probe.scores)
+    return Evaluation(metrics, pd.concat(frames, ignore_index=True))
+
+
+def evaluate_volume_model(model: torch.nn.Module, test, train, lexicon, *, negative: str, n_boot: int, seed: int,
+                          ks: Sequence[int], fractions: Sequence[float]) -> Evaluation:
+    """fVLM's zero-shot diagnosis and RadCLIP's two protocols (linear probe on ``train``, a CTSet, and
+    volume<->report retrieval) of one CT model."""
+    test_feats = encode_volumes(model, test.volumes, test.label_maps)
+    diagnosis = evaluate_ct(model, test, lexicon, negative=negative, n_boot=n_boot, seed=seed, feats=test_feats)
+    retrieval = evaluate_ct_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed)
+    train_feats = encode_volumes(model, train.volumes, train.label_maps)
+    probe = evaluate_ct_probe(model, train_feats, train, test_feats, test, fractions=fractions, n_boot=n_boot,
+                              seed=seed)
+    metrics = {**diagnosis.metrics, "probe": probe.metrics, "retrieval": retrieval.metrics}
+    return Evaluation(metrics, pd.concat([diagnosis.scores, retrieval.scores, probe.scores], ignore_index=True))
+
+
+def headline(collection: str, metrics: Mapping[str, Any]) -> tuple[float, list[float]]:
+    """A model's headline number and its CI: 2D macro AUROC of the findings, CT mean AUROC of the diseases."""
+    if collection == "figures":
+        macro = metrics["findings"]["macro"]
+        return macro["auc"], [macro["ci_low"], macro["ci_high"]]
+    return metrics["mean"]["auc"], metrics["mean"]["ci"]
 
 
 def ablation_rows(report: Mapping[str, Any]) -> dict[str, list[dict]]:
-    """The headline number of each model in each ablation, with its CI (models that were evaluated)."""
+    """The headline number of each model in each ablation (its first seed), with its CI (models that were
+    evaluated)."""
     out: dict[str, list[dict]] = {}
+    metric = {"figures": "macro AUROC (findings)", "ct": "mean AUROC (CT diseases)"}
     for name, collection, models in ABLATIONS:
         rows = []
         for m in models:
             res = report.get(collection, {}).get(m)
-            if res is None:
-                continue
-            if collection == "figures":
-                macro = res["findings"]["macro"]
-                rows.append({"model": m, "metric": "macro AUROC (findings)", "value": macro["auc"],
-                             "ci": [macro["ci_low"], macro["ci_high"]]})
-            else:
-                rows.append({"model": m, "metric": "mean AUROC (CT diseases)", "value": res["mean"]["auc"],
-                             "ci": res["mean"]["ci"]})
-        if rows:
+            if res is not None:
+                value, ci = headline(collection, res)
+                rows.append({"model": m, "metric": metric[collection], "value": value, "ci": ci})
+        if len(rows) > 1:
             out[name] = rows
     return out
 
 
-def run_zero_shot(*, curated_dir: str = "reports/curated", data_dir: str = "data",
-                  pretrain_dir: str = "reports/pretrain", checkpoint: str = "best.pt",
-                  figure_models: Sequence[str] = ("clip", "siglip", "conceptclip"),
-                  ct_models: Sequence[str] = ("ct_clip_global", "fvlm_nocal", "fvlm", "radclip_meanpool", "radclip"),
-                  split: str = "test", n_boot: int = 1000, seed: int = 0, local_weight: float = 0.5,
-                  local_top_k: int = 5, ct_negative_prompt: str = "not", retrieval_ks: Sequence[int] = (1, 5, 10),
-                  probe_fractions: Sequence[float] = (0.01, 0.1, 1.0), concept_lexicon: str | None = None,
-                  anatomy_lexicon: str | None = None, metrics_path: str = "reports/metrics/zero_shot.json",
-                  progress: bool = True) -> dict:
-    """Evaluate every model and write ``metrics_path``; returns the report (see the module docstring)."""
+def _task_arrays(scores: Mapping[str, pd.DataFrame], models: Sequence[str], task: str
+                 ) -> tuple[np.ndarray, list[np.ndarray], list[str], list[str]]:
+    """``(labels [N, C], valid [N, C], [scores [S_m, N, C] per model], item ids, class ids)`` of one task: the
+    items and classes that any seed of the models scored, in sorted order; ``valid`` marks the (item, class)
+    pairs that every seed of every model scored (the others are NaN in some seed)."""
+    frames = {m: scores[m][scores[m]["task"] == task] for m in models}
+    items = sorted(set().union(*(f["item"] for f in frames.values())))
+    classes = sorted(set().union(*(f["class"] for f in frames.values())))
+    row = {v: i for i, v in enumerate(items)}
+    col = {v: j for j, v in enumerate(classes)}
+    labels = np.zeros((len(items), len(classes)), dtype=bool)
+    valid = np.ones_like(labels)
+    per_model = []
+    for m in models:
+        frame = frames[m]
+        seeds = sorted(frame["seed"].unique())
+        out = np.full((max(len(seeds), 1), len(items), len(classes)), np.nan)
+        s_idx = frame["seed"].map({s: k for k, s in enumerate(seeds)}).to_numpy(dtype=np.int64)
+        r_idx = frame["item"].map(row).to_numpy(dtype=np.int64)
+        c_idx = frame["class"].map(col).to_numpy(dtype=np.int64)
+        out[s_idx, r_idx, c_idx] = frame["score"].to_numpy(dtype=np.float64)
+        labels[r_idx, c_idx] = frame["label"].to_numpy(dtype=bool)
+        valid &= ~np.isnan(out).any(axis=0)
+        per_model.append(out)
+    return labels, valid, per_model, items, classes
+
+
+def claim_row(claim: Claim, scores: Mapping[str, pd.DataFrame], *, n_boot: int, seed: int) -> dict:
+    """One claim judged on the per-item scores of its two models (:data:`CLAIMS`).
+
+    Returns:
+        ``claim``, ``baseline``, ``method``, ``task``, ``metric``, ``baseline_value`` and ``method_value``
+        (seed-averaged), ``difference`` with ``ci`` (two-level bootstrap: seeds, then items), ``se``,
+        ``p_delong`` (AUROC claims: DeLong's macro z-test on the seed-averaged scores), ``mde`` (minimum
+        detectable effect at 80% power from ``se``), ``paper_effect``, ``detectable`` (the paper's effect
+        is at least the MDE; None without a paper effect), ``seeds`` (per model), ``n_items``, ``verdict``.
+    """
+    labels, valid, (method, baseline), items, classes = _task_arrays(scores, (claim.method, claim.baseline),
+                                                                     claim.task)
+    out = {"claim": claim.text, "baseline": claim.baseline, "method": claim.method, "task": claim.task,
+           "metric": claim.metric, "paper_effect": claim.paper_effect, "beyond_paper": claim.beyond_paper,
+           "seeds": {claim.baseline: baseline.shape[0], claim.method: method.shape[0]},
+           "n_items": int(valid.any(axis=1).sum())}
+    if not valid.any():
+        nan = float("nan")
+        return {**out, "baseline_value": nan, "method_value": nan, "p_delong": None, "difference": nan,
+                "ci": [nan, nan], "se": nan, "mde": nan, "verdict": "inconclusive", "detectable": None,
+                "reason": f"no {claim.task!r} item scored by every seed of both models"}
+    if claim.metric == "auroc":
+        result = hierarchical_bootstrap_difference(labels, np.nan_to_num(method), np.nan_to_num(baseline),
+                                                   valid=valid, names=classes, n_boot=n_boot, seed=seed)
+        delong = paired_auroc_difference(labels, np.nan_to_num(method).mean(0), np.nan_to_num(baseline).mean(0),
+                                         valid=valid, names=classes, n_boot=1, seed=seed)["macro"]
+        out.update(baseline_value=result["auc_baseline"], method_value=result["auc_method"],
+                   p_delong=delong["p_value"], n_classes=result["n_classes"])
+    else:
+        k = int(claim.metric.split("@")[1])
+        hits = lambda ranks: (ranks[..., 0] <= k).astype(np.float64)  # noqa: E731
+        rows = valid[:, 0]
+        result = hierarchical_mean_difference(hits(method[:, rows]), hits(baseline[:, rows]), n_boot=n_boot, seed=seed)
+        out.update(baseline_value=result["value_baseline"], method_value=result["value_method"], p_delong=None)
+    se = result["se_bootstrap"]
+    mde = minimum_detectable_effect(se)
+    out.update(difference=result["difference"], ci=[result["ci_low"], result["ci_high"]], se=se, mde=mde,
+               verdict=result["verdict"],
+               detectable=None if claim.paper_effect is None else bool(claim.paper_effect >= mde))
+    return out
+
+
+def claim_rows(scores: Mapping[str, pd.DataFrame], *, n_boot: int, seed: int,
+               claims: Sequence[Claim] = CLAIMS) -> list[dict]:
+    """Every claim whose two models have scores (:func:`claim_row`); others are left out."""
+    return [claim_row(c, scores, n_boot=n_boot, seed=seed) for c in claims
+            if c.baseline in scores and c.method in scores]
+
+
+def read_scores(scores_dir: str | Path, models: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The per-item score tables ``scores_dir/<model>.parquet`` of ``models`` that exist."""
+    out = {}
+    for m in models:
+        path = Path(scores_dir) / f"{m}.parquet"
+        if path.is_file():
+            out[m] = pd.read_parquet(path)
+    return out
+
+
+def _write_scores(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+
+
+def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str,
+                  figure_models: Sequence[str], ct_models: Sequence[str], seeds: Mapping[str, Sequence[int]],
+                  split: str, n_boot: int, seed: int, local_weight: float, local_top_fraction: float,
+                  ct_negative_prompt: str, intact_min_fraction: float, retrieval_ks: Sequence[int],
+                  probe_fractions: Sequence[float], concept_lexicon: str | None, anatomy_lexicon: str | None,
+                  metrics_path: str, scores_dir: str, progress: bool = True) -> dict:
+    """Evaluate every seed of every model, write ``scores_dir`` and ``metrics_path``; returns the report
+    (see the module docstring). Every argument is a key of params.yaml's ``zero_shot`` section, except
+    ``seeds`` (the top-level ``seeds`` section: the training seeds of each model).
+
+    Raises:
+        KeyError: a model without seeds.
+        FileNotFoundError: a checkpoint is missing (naming the stage that makes it).
+    """
     started = time.perf_counter()
     data = Path(data_dir)
     concepts = load_concept_lexicon(concept_lexicon)
     anatomies = load_anatomy_lexicon(anatomy_lexicon)
+    missing = [m for m in (*figure_models, *ct_models) if not seeds.get(m)]
+    if missing:
+        raise KeyError(f"zero_shot: no training seeds for {missing}; list them in params.yaml `seeds`")
     report: dict[str, Any] = {"split": split, "n_boot": n_boot, "seed": seed, "checkpoint": checkpoint,
+                              "seeds": {m: list(seeds[m]) for m in (*figure_models, *ct_models)},
                               "figures": {}, "ct": {}}
-    if figure_models:
-        test = load_figures(curated_dir, split, concepts, data / "figures" / "figures_truth.jsonl")
-        train = load_figures(curated_dir, "train", concepts, data / "figures" / "figures_truth.jsonl")
-        report["n_figures"] = int(test.has_truth.sum())
-        for name in tqdm(figure_models, desc="zero-shot 2D", disable=not progress):
-            model = load_model(checkpoint_path(pretrain_dir, name, checkpoint))
-            report["figures"][name] = evaluate_figure_model(
-                name, model, test, train, concepts, n_boot=n_boot, seed=seed, local_weight=local_weight,
-                top_k=local_top_k, ks=retrieval_ks, fractions=probe_fractions)
-    studies: dict[tuple, Any] = {}
-    for name in tqdm(ct_models, desc="zero-shot CT", disable=not progress):
-        model = load_model(checkpoint_path(pretrain_dir, name, checkpoint))
-        size = volume_size(model.config) if has_volume_tower(model.config) \
-            else _radclip_volume_size(pretrain_dir, name, model.config)
-        if size not in studies:
-            studies[size] = load_ct(curated_dir, split, anatomies, size, data / "ct" / "ct_truth.jsonl")
-        report["ct"][name] = evaluate_ct(model, studies[size], anatomies, negative=ct_negative_prompt,
-                                         n_boot=n_boot, seed=seed)
-    if studies:
-        report["n_studies"] = int(next(iter(studies.values())).has_truth.sum())
+    scores: dict[str, pd.DataFrame] = {}
+    runs = [(m, s) for m in figure_models for s in seeds[m]] + [(m, s) for m in ct_models for s in seeds[m]]
+    bar = tqdm(runs, desc="zero-shot", unit="run", disable=not progress)
+    figure_sets: tuple | None = None
+    ct_sets: dict[tuple, tuple] = {}
+    per_model: dict[str, list[pd.DataFrame]] = {}
+    for name, s in bar:
+        bar.set_postfix_str(run_name(name, s))
+        model = load_model(checkpoint_path(pretrain_dir, run_name(name, s), checkpoint))
+        if name in figure_models:
+            if figure_sets is None:
+                truth = data / "figures" / "figures_truth.jsonl"
+                figure_sets = (load_figures(curated_dir, split, concepts, truth),
+                               load_figures(curated_dir, "train", concepts, truth))
+                report["n_figures"] = int(figure_sets[0].has_truth.sum())
+            result = evaluate_figure_model(model, *figure_sets, concepts, n_boot=n_boot, seed=seed,
+                                           local_weight=local_weight, local_top_fraction=local_top_fraction,
+                                           ks=retrieval_ks, fractions=probe_fractions)
+            collection = "figures"
+        else:
+            size = volume_size(model.config) if has_volume_tower(model.config) \
+                else _radclip_volume_size(pretrain_dir, run_name(name, s), model.config)
+            if size not in ct_sets:
+                truth = data / "ct" / "ct_truth.jsonl"
+                ct_sets[size] = tuple(load_ct(curated_dir, part, anatomies, size, truth,
+                                              intact_min_fraction=intact_min_fraction) for part in (split, "train"))
+                report["n_studies"] = int(ct_sets[size][0].has_truth.sum())
+            result = evaluate_volume_model(model, *ct_sets[size], anatomies, negative=ct_negative_prompt,
+                                           n_boot=n_boot, seed=seed, ks=retrieval_ks, fractions=probe_fractions)
+            collection = "ct"
+        per_model.setdefault(name, []).append(result.scores.assign(seed=s))
+        entry = report[collection].setdefault(name, {**result.metrics, "seed_results": {}})
+        entry["seed_results"][str(s)] = headline(collection, result.metrics)[0]
+    for name, frames in per_model.items():
+        scores[name] = pd.concat(frames, ignore_index=True)[["seed", "task", "item", "class", "label", "score"]]
+        _write_scores(scores[name], Path(scores_dir) / f"{name}.parquet")
     report["ablations"] = ablation_rows(report)
-    report["claims"] = claim_rows(report)
+    report["claims"] = claim_rows(scores, n_boot=n_boot, seed=seed)
+    report["n_inconclusive"] = sum(r["verdict"] == "inconclusive" for r in report["claims"])
     report["elapsed_s"] = time.perf_counter() - started
     path = Path(metrics_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,41 +342,8 @@ def run_zero_shot(*, curated_dir: str = "reports/curated", data_dir: str = "data
     return report
 
 
-def _radclip_volume_size(pretrain_dir: str | Path, name: str, config: dict) -> tuple[int, int, int]:
+def _radclip_volume_size(pretrain_dir: str | Path, run: str, config: dict) -> tuple[int, int, int]:
     """The CT input size a RadCLIP model was trained with (its run's ``volume.spatial_size``)."""
-    info = json.loads((Path(pretrain_dir) / name / "run_info.json").read_text("utf-8"))
+    info = json.loads((Path(pretrain_dir) / run / "run_info.json").read_text("utf-8"))
     size = info["params"]["volume"].get("spatial_size")
     return tuple(int(s) for s in size) if size else input_volume_size(config)
-
-
-#: The claims the ablations test: (ablation, baseline, method, what the paper reports).
-CLAIMS: tuple[tuple[str, str, str, str], ...] = (
-    ("it_align", "clip", "siglip", "ConceptCLIP: sigmoid IT-Align (SigLIP) as the image-text objective"),
-    ("it_align", "siglip", "conceptclip", "ConceptCLIP: PC-Align on top of IT-Align improves zero-shot findings"),
-    ("anatomy_alignment", "ct_clip_global", "fvlm_nocal", "fVLM: anatomy-level alignment beats global (+4-5 AUC)"),
-    ("anatomy_alignment", "fvlm_nocal", "fvlm", "fVLM: false-negative calibration adds +2-4 AUC"),
-    ("slice_pooling", "radclip_meanpool", "radclip", "RadCLIP: attention slice pooling beats mean pooling"),
-)
-
-
-def claim_rows(report: Mapping[str, Any]) -> list[dict]:
-    """For each claim: baseline and method headline AUROC with CIs, their difference, and the verdict
-    ``reproduced`` (the method's whole CI lies above the baseline's estimate), ``not reproduced`` (the
-    method's estimate is not above the baseline's) or ``inconclusive`` (higher, but its CI reaches
-    the baseline's estimate)."""
-    rows = []
-    for ablation, base, method, claim in CLAIMS:
-        by_model = {r["model"]: r for r in report.get("ablations", {}).get(ablation, [])}
-        if base not in by_model or method not in by_model:
-            continue
-        b, m = by_model[base], by_model[method]
-        if m["ci"][0] > b["value"]:
-            verdict = "reproduced"
-        elif m["value"] <= b["value"]:
-            verdict = "not reproduced"
-        else:
-            verdict = "inconclusive"
-        rows.append({"claim": claim, "baseline": base, "method": method, "baseline_auc": b["value"],
-                     "baseline_ci": b["ci"], "method_auc": m["value"], "method_ci": m["ci"],
-                     "difference": m["value"] - b["value"], "verdict": verdict})
-    return rows

@@ -96,3 +96,43 @@ def ct_table(report: Mapping[str, Any], metric: str = "auc") -> pd.DataFrame:
         col["mean"] = fmt_ci(mean["auc"], *mean["ci"]) if metric == "auc" else f"{mean[metric]:.3f}"
         out[model] = col
     return pd.DataFrame(out)
+
+
+def _p_value(p: float | None) -> str:
+    if p is None or p != p:
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def claims_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per claim: baseline and method (seed-averaged headline), the paired difference with its
+    two-level CI, DeLong's p, the seeds, the minimum detectable effect, the paper's effect and the verdict."""
+    rows = []
+    for r in report.get("claims", []):
+        seeds = " / ".join(str(r["seeds"][m]) for m in (r["baseline"], r["method"]))
+        rows.append({
+            "claim": r["claim"], "metric": r["metric"], "baseline": r["baseline"],
+            "baseline value": f"{r['baseline_value']:.3f}", "method": r["method"],
+            "method value": f"{r['method_value']:.3f}",
+            "difference [95% CI]": fmt_ci(r["difference"], *r["ci"]), "DeLong p": _p_value(r.get("p_delong")),
+            "seeds (baseline / method)": seeds, "MDE (80% power)": f"{r['mde']:.3f}",
+            "paper's effect": "-" if r.get("paper_effect") is None else f"+{r['paper_effect']:.2f}",
+            "verdict": r["verdict"]})
+    return pd.DataFrame(rows).set_index("claim") if rows else pd.DataFrame()
+
+
+def ct_protocols_table(report: Mapping[str, Any]) -> pd.DataFrame:
+    """RadCLIP's protocols on every CT model: linear-probe macro AUROC per label fraction and volume->report /
+    report->volume Recall@K, next to the zero-shot mean AUROC."""
+    rows = []
+    for model, res in report.get("ct", {}).items():
+        row = {"model": model, "zero-shot": fmt_ci(res["mean"]["auc"], *res["mean"]["ci"])}
+        for fraction, r in (res.get("probe") or {}).items():
+            row[f"probe {float(fraction):.0%} ({r['n_train']} studies)"] = fmt_ci(
+                r["macro"]["auc"], r["macro"]["ci_low"], r["macro"]["ci_high"])
+        for direction, r in (res.get("retrieval") or {}).items():
+            for key, v in r.items():
+                if key.startswith("recall@"):
+                    row[f"{direction.replace('_', ' ')} {key}"] = fmt_ci(v["estimate"], v["ci_low"], v["ci_high"])
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()

@@ -25,8 +25,21 @@ from medvlp.eval.encode import ImageFeatures, VolumeFeatures, prompt_ensembles
 from medvlp.eval.prompts import FINDING_TEMPLATES, disease_prompts, finding_prompts
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
 
-#: Patches averaged in ConceptCLIP's local score.
+#: Patches averaged in ConceptCLIP's local score when none is given (the stage passes
+#: :func:`local_top_k` of ``local_top_fraction``).
 LOCAL_TOP_K = 5
+
+
+def local_top_k(n_patches: int, fraction: float) -> int:
+    """Patches in ConceptCLIP's local score: ``round(fraction * n_patches)``, at least 1 (the official code
+    averages the top 128 of SigLIP's 729 patches, a fraction of 0.1756).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"local_top_fraction must be in (0, 1], got {fraction!r}")
+    return max(1, min(int(n_patches), round(float(fraction) * int(n_patches))))
 
 
 def top_k_patch_logits(patches: torch.Tensor, concepts: torch.Tensor, top_k: int) -> torch.Tensor:
@@ -123,9 +136,12 @@ def _scale_bias(model: nn.Module, prefix: str) -> tuple[float, float]:
 
 
 def disease_scores(model: nn.Module, feats: VolumeFeatures, lexicon: AnatomyLexicon, *,
-                   negative: str = "not") -> np.ndarray:
-    """Zero-shot CT abnormality scores ``[N, K]`` (K = every abnormality of ``lexicon``; NaN where the
-    anatomy has no token in the study)."""
+                   negative: str = "not", intact: np.ndarray | None = None) -> np.ndarray:
+    """Zero-shot CT abnormality scores ``[N, K]`` (K = every abnormality of ``lexicon``, in lexicon order).
+
+    NaN where the abnormality's anatomy has no token in the study (fVLM), and, when ``intact`` (``[N, A]``
+    bool, anatomies in lexicon order) is given, where it is not intact in the crop (every model).
+    """
     anatomy_index = {a.id: i for i, a in enumerate(lexicon.anatomies)}
     pos_sets, neg_sets = zip(*(disease_prompts(x, lexicon, negative) for x in lexicon.abnormalities))
     pos = prompt_ensembles(model, pos_sets)  # [K, E]
@@ -140,7 +156,15 @@ def disease_scores(model: nn.Module, feats: VolumeFeatures, lexicon: AnatomyLexi
     else:
         v = emb[:, None, :].expand(-1, pos.shape[0], -1)
         scored = np.ones(v.shape[:2], dtype=bool)
+    if intact is not None:
+        scored = scored & np.asarray(intact, dtype=bool)[:, _anatomy_columns(lexicon)]
     logits = scale * torch.stack([(v * pos).sum(-1), (v * neg).sum(-1)], dim=-1)  # [N, K, 2]
     probs = torch.softmax(logits, dim=-1)[..., 0].numpy().astype(np.float64)
     probs[~scored] = np.nan
     return probs
+
+
+def _anatomy_columns(lexicon: AnatomyLexicon) -> list[int]:
+    """Per abnormality of ``lexicon``, the index of its anatomy among ``lexicon.anatomies``."""
+    index = {a.id: i for i, a in enumerate(lexicon.anatomies)}
+    return [index[x.anatomy] for x in lexicon.abnormalities]

@@ -12,16 +12,17 @@ from medvlp.explain.heatmaps import anatomy_attention_maps
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.models import FVLM, load_model
 from medvlp.models.volume_tower import volume_size
+from medvlp.params import run_name
 
 
-def attention_examples(model_name: str = "fvlm", n: int = 2, *, curated_dir: str = "reports/curated",
-                       data_dir: str = "data", pretrain_dir: str = "reports/pretrain", checkpoint: str = "best.pt",
-                       split: str = "test", anatomy_lexicon: str | None = None, n_slices: int = 4) -> list[dict]:
+def attention_examples(model_name: str, n: int, *, run_seed: int, curated_dir: str, data_dir: str,
+                       pretrain_dir: str, checkpoint: str, split: str, anatomy_lexicon: str | None = None,
+                       n_slices: int = 4) -> list[dict]:
     """The first ``n`` test studies with an abnormal anatomy (in split order), each as a dict:
     ``volume`` [X, Y, Z], ``label_map`` [X, Y, Z], ``attention`` [A, X, Y, Z], ``anatomy_names``,
     ``anatomy_labels``, ``show`` (the abnormal anatomies first, then others, at most 4), ``slices``
     (the ``n_slices`` axial slices where the first abnormal anatomy is largest) and ``title``."""
-    model = load_model(checkpoint_path(pretrain_dir, model_name, checkpoint))
+    model = load_model(checkpoint_path(pretrain_dir, run_name(model_name, run_seed), checkpoint))
     if not isinstance(model, FVLM):
         raise ValueError(f"attention_examples needs an fVLM model; {model_name!r} is a {type(model).__name__}")
     lexicon = load_anatomy_lexicon(anatomy_lexicon)

@@ -26,17 +26,19 @@ from tqdm.auto import tqdm
 
 from medvlp.curate.curation_report import round_floats
 from medvlp.eval.data import FigureSet, figure_tensors, load_figures, read_truth
-from medvlp.eval.encode import encode_images, encode_texts
+from medvlp.eval.encode import encode_images, encode_prompt_concepts, encode_texts
 from medvlp.eval.evaluate import finding_pairs
 from medvlp.eval.linear_probe import linear_probe
 from medvlp.eval.metrics import auroc_table, bootstrap_auroc
 from medvlp.eval.prompts import annotation_prompts
 from medvlp.eval.stage import checkpoint_path
+from medvlp.eval.zero_shot import local_top_k, top_k_patch_logits
 from medvlp.explain.bottleneck import ConceptBottleneck
 from medvlp.explain.heatmaps import concept_heatmaps, concept_scores, upsample_heatmaps
 from medvlp.explain.localization import bootstrap_mean_ci, heatmap_auroc, per_concept_localization, pointing_game
 from medvlp.lexicon import ConceptLexicon, load_concept_lexicon
 from medvlp.models import load_model
+from medvlp.params import run_name
 
 
 def modality_names(figures: FigureSet, lexicon: ConceptLexicon) -> list[str]:
@@ -103,13 +105,23 @@ def localization(heatmaps: np.ndarray, masks: np.ndarray, concept_ids: Sequence[
                                                     n_boot=n_boot, seed=seed)}
 
 
-def concept_annotation(model: nn.Module, figures: FigureSet, lexicon: ConceptLexicon, *, n_boot: int,
-                       seed: int) -> dict:
-    """ConceptCLIP's zero-shot concept annotation: for every image and every concept of its modality,
-    ``<x, z("This is <modality> of <concept>.")> - <x, z("This is <modality>.")>``; AUROC over all
-    (image, concept) pairs (CI over images) and per concept."""
+def concept_annotation(model: nn.Module, figures: FigureSet, lexicon: ConceptLexicon, *, local_weight: float,
+                       local_top_fraction: float, n_boot: int, seed: int) -> dict:
+    """ConceptCLIP's zero-shot concept annotation: for every image and every concept of its modality, the
+    positive prompt ``"This is <modality> of <concept>."`` against the neutral ``"This is <modality>."``.
+
+    The global term is ``softmax(t * [<x, z_pos>, <x, z_neutral>])[0]``; models with PC-Align heads mix in,
+    as ConceptCLIP's official code does, the local term ``softmax(t_c * [local(c_pos), local(c_neutral)])[0]``
+    with ``local(c)`` the mean of the top ``local_top_fraction`` patch similarities to the PC-Align embedding
+    of the prompt's concept (resp. modality) span: ``(1 - local_weight) * global + local_weight * local``.
+    AUROC over all (image, concept) pairs (CI over images) and per concept."""
     mod_names = {m.id: m.name for m in lexicon.modalities}
-    feats = encode_images(model, figure_tensors(figures.images, model.image.image_size[0]))
+    feats = encode_images(model, figure_tensors(figures.images, model.image.image_size[0]), with_patches=True)
+    use_local = feats.patches is not None and local_weight > 0
+    top_k = local_top_k(feats.patches.shape[1], local_top_fraction) if use_local else 1
+    with torch.inference_mode():
+        scale = float(model.logit_scale_exp())
+        c_scale = float(model.concept_logit_scale_exp()) if use_local else 0.0
     valid = finding_pairs(figures, lexicon)
     scores = np.full(valid.shape, np.nan)
     for mod in sorted(set(figures.modalities)):
@@ -117,11 +129,17 @@ def concept_annotation(model: nn.Module, figures: FigureSet, lexicon: ConceptLex
         if not concepts:
             continue
         pairs = [annotation_prompts(c.name, mod_names.get(mod, mod)) for c in concepts]
-        emb = encode_texts(model, [p.text for pair in pairs for p in pair]).view(len(concepts), 2, -1)
+        flat = [p for pair in pairs for p in pair]
+        emb = encode_texts(model, [p.text for p in flat]).view(len(concepts), 2, -1)
         rows = np.flatnonzero(np.asarray(figures.modalities) == mod)
         sims = torch.einsum("ne,kse->nks", feats.embedding[rows], emb)  # [n, K_mod, 2]
+        probs = torch.softmax(scale * sims, dim=-1)[..., 0]
+        if use_local:
+            spans = encode_prompt_concepts(model, flat)  # [2 K_mod, E]
+            local = top_k_patch_logits(feats.patches[rows], spans, top_k).view(len(rows), len(concepts), 2)
+            probs = (1 - local_weight) * probs + local_weight * torch.softmax(c_scale * local, dim=-1)[..., 0]
         cols = [figures.concept_ids.index(c.id) for c in concepts]
-        scores[np.ix_(rows, cols)] = (sims[..., 0] - sims[..., 1]).numpy()
+        scores[np.ix_(rows, cols)] = probs.double().numpy()
     pooled = bootstrap_auroc(figures.labels[valid], scores[valid], n_boot=n_boot, seed=seed)
     table = auroc_table(figures.labels, scores, figures.concept_ids, n_boot=n_boot, seed=seed, valid=valid)
     return {**pooled, "per_concept": {k: v for k, v in table.items() if k not in ("macro", "skipped")},
@@ -179,13 +197,14 @@ class ExplainRun:
     bottlenecks: dict[str, tuple[ConceptBottleneck, np.ndarray]] = field(default_factory=dict)
 
 
-def run_explain(*, curated_dir: str = "reports/curated", data_dir: str = "data", pretrain_dir: str = "reports/pretrain",
-                checkpoint: str = "best.pt", heatmap_models: Sequence[str] = ("conceptclip", "clip"),
-                split: str = "test", n_boot: int = 1000, seed: int = 0, tolerance_px: float = 4,
-                bottleneck_C: float = 1.0, concept_lexicon: str | None = None,
-                metrics_path: str = "reports/metrics/explain.json") -> ExplainRun:
-    """Localisation, concept annotation and concept bottleneck of every model in ``heatmap_models``;
-    writes ``metrics_path`` (the module docstring says what it holds)."""
+def run_explain(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str, heatmap_models: Sequence[str],
+                run_seed: int, split: str, n_boot: int, seed: int, tolerance_px: float, bottleneck_C: float,
+                concept_lexicon: str | None, metrics_path: str, zero_shot: dict) -> ExplainRun:
+    """Localisation, concept annotation and concept bottleneck of every model in ``heatmap_models`` (their runs
+    of training seed ``run_seed``); writes ``metrics_path`` (the module docstring says what it holds).
+
+    Every argument is a key of params.yaml's ``explain`` section, except ``zero_shot`` (that section: its
+    ``local_weight`` and ``local_top_fraction`` are ConceptCLIP's scoring, shared by concept annotation)."""
     lexicon = load_concept_lexicon(concept_lexicon)
     truth_path = Path(data_dir) / "figures" / "figures_truth.jsonl"
     test = load_figures(curated_dir, split, lexicon, truth_path)
@@ -196,11 +215,13 @@ def run_explain(*, curated_dir: str = "reports/curated", data_dir: str = "data",
                               "bottleneck": {}}
     run = ExplainRun(report, test, image_index, concept_index, masks)
     for name in tqdm(heatmap_models, desc="explain"):
-        model = load_model(checkpoint_path(pretrain_dir, name, checkpoint))
+        model = load_model(checkpoint_path(pretrain_dir, run_name(name, run_seed), checkpoint))
         run.maps[name] = pair_heatmaps(model, test, lexicon, image_index, concept_index, masks.shape[1:])
         report["localization"][name] = localization(run.maps[name], masks, concept_ids, tolerance_px=tolerance_px,
                                                     n_boot=n_boot, seed=seed)
-        report["concept_annotation"][name] = concept_annotation(model, test, lexicon, n_boot=n_boot, seed=seed)
+        report["concept_annotation"][name] = concept_annotation(
+            model, test, lexicon, local_weight=zero_shot["local_weight"],
+            local_top_fraction=zero_shot["local_top_fraction"], n_boot=n_boot, seed=seed)
         metrics, cbm, scores = bottleneck(model, train, test, lexicon, C=bottleneck_C, n_boot=n_boot, seed=seed)
         report["bottleneck"][name] = metrics
         run.bottlenecks[name] = (cbm, scores)

@@ -29,14 +29,18 @@ class _Targets:
     (false-negative weights, e.g. EMA text similarities), and 0 otherwise. In other words
     ``Y = Y0 + (1 - Y0) * a_i a_j W_ij`` with the binary ``Y0``: positives stay exactly 1 and weights
     only add soft positives among abnormal pairs. ``Yhat = Y / Y.sum(1)``.
+
+    From EMA text embeddings ``t~``: ``W_ij = weight * softmax_j(scale * <t~_i, t~_j>)``, the softmax
+    over all (gathered) samples, and 0 where ``<t~_i, t~_j> < threshold`` (when a threshold is set).
     """
 
     def __init__(self, normal, group, all_normal, all_group, weights=None, fn_emb=None, all_fn_emb=None,
-                 fn_scale: float = FALSE_NEGATIVE_SCALE):
+                 fn_scale: float = FALSE_NEGATIVE_SCALE, fn_weight: float = 1.0, fn_threshold: float | None = None):
         self.normal, self.group = normal, group
         self.all_normal, self.all_group = all_normal, all_group
         self.weights = weights
         self.fn_emb, self.all_fn_emb, self.fn_scale = fn_emb, all_fn_emb, fn_scale
+        self.fn_weight, self.fn_threshold = fn_weight, fn_threshold
 
     def __call__(self, start: int, stop: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         # the diagonal is part of the same-text term: every sample has its own text group
@@ -55,7 +59,10 @@ class _Targets:
             return self.weights[start:stop].detach().to(dtype)
         if self.fn_emb is not None:
             sims = self.fn_emb[start:stop].detach().to(dtype) @ self.all_fn_emb.detach().to(dtype).T
-            return torch.softmax(sims * self.fn_scale, dim=1)
+            w = torch.softmax(sims * self.fn_scale, dim=1) * self.fn_weight
+            if self.fn_threshold is not None:
+                w = w * (sims >= self.fn_threshold).to(dtype)
+            return w
         return None
 
 
@@ -69,6 +76,8 @@ def anatomy_contrastive_loss(
     *,
     false_negative_text_emb: torch.Tensor | None = None,
     false_negative_scale: float = FALSE_NEGATIVE_SCALE,
+    false_negative_weight: float = 1.0,
+    false_negative_threshold: float | None = None,
     chunk_size: ChunkSize = "auto",
     gather: bool = True,
 ) -> torch.Tensor:
@@ -91,6 +100,8 @@ def anatomy_contrastive_loss(
             text embeddings ``t~``; ``W_ij = softmax_j(false_negative_scale * <t~_i, t~_j>)`` over all
             (gathered) samples, computed block by block.
         false_negative_scale: ``1 / tau`` of those similarities (default 1 / 0.07).
+        false_negative_weight: multiplies those weights (1 in the paper's formula).
+        false_negative_threshold: if set, pairs whose EMA text cosine is below it get no weight.
         chunk_size: ``None`` materialises ``[N, N]``; an int processes that many rows per block;
             ``"auto"`` (default) about ``2**22 / N`` rows (at least 32).
         gather: under torch.distributed gather embeddings (with gradient) and labels from every rank;
@@ -138,7 +149,8 @@ def anatomy_contrastive_loss(
         return zero_with_graph(image_emb, text_emb, scale)
 
     targets = _Targets(is_normal, text_group, all_normal, all_group, false_negative_weights,
-                       false_negative_text_emb, all_fn_emb, false_negative_scale)
+                       false_negative_text_emb, all_fn_emb, false_negative_scale, false_negative_weight,
+                       false_negative_threshold)
     norm = world / (2.0 * n_total)
     acc = torch.promote_types(torch.promote_types(image_emb.dtype, text_emb.dtype), torch.float32)
 
@@ -169,6 +181,8 @@ def fvlm_loss(
     calibrate: bool = True,
     false_negative_text_emb: torch.Tensor | None = None,
     false_negative_scale: float = FALSE_NEGATIVE_SCALE,
+    false_negative_weight: float = 1.0,
+    false_negative_threshold: float | None = None,
     chunk_size: ChunkSize = "auto",
     gather: bool = True,
 ) -> torch.Tensor:
@@ -188,7 +202,8 @@ def fvlm_loss(
         calibrate: soft targets (normal pairs, identical texts, optional EMA weights) or identity.
         false_negative_text_emb: optional ``[B, A, D']`` normalised EMA text embeddings for the
             abnormal false-negative weights (see :func:`anatomy_contrastive_loss`).
-        false_negative_scale, chunk_size, gather: as in :func:`anatomy_contrastive_loss`. Under
+        false_negative_scale, false_negative_weight, false_negative_threshold, chunk_size, gather: as in
+            :func:`anatomy_contrastive_loss`. Under
             torch.distributed the set of anatomies is decided on the global batch, so every rank
             joins the same collectives even where it holds no valid sample of an anatomy.
 
@@ -221,6 +236,7 @@ def fvlm_loss(
             total = total + anatomy_contrastive_loss(
                 images, texts, is_normal[rows, k], text_group[rows, k], scale,
                 false_negative_text_emb=fn_emb, false_negative_scale=false_negative_scale,
+                false_negative_weight=false_negative_weight, false_negative_threshold=false_negative_threshold,
                 chunk_size=chunk_size, gather=gather,
             )
         else:

@@ -59,7 +59,8 @@ def sigmoid_loss(
 
     rows = resolve_chunk(chunk_size, n_local, n_total)
     if rows is None:
-        logits = scale.reshape(()) * image_emb @ all_texts.T + bias.reshape(())
+        acc = torch.promote_types(torch.promote_types(image_emb.dtype, all_texts.dtype), torch.float32)
+        logits = (scale.reshape(()) * image_emb @ all_texts.T).to(acc) + bias.reshape(()).to(acc)
         labels = -torch.ones_like(logits)
         labels[torch.arange(n_local, device=logits.device), torch.arange(n_local, device=logits.device) + offset] = 1
         return -F.logsigmoid(labels * logits).sum() * norm

@@ -8,10 +8,15 @@ Build with ``build_model(preset_or_config, **overrides)``. Presets: ``clip``, ``
 all kinds
     ``clip_model``        open_clip-schema CLIP config: a name (``medvlp-tiny`` [default], ``medvlp-small``,
                           or any config shipped with open_clip, e.g. ``ViT-B-16``) or a dict. Sizes the
-                          image tower (2D kinds) and the text tower + embed_dim E (all kinds).
-    ``text_pool``         ``"eot"`` (open_clip pooling: EOT token state) or ``"mean"`` (mean over real
-                          token states), then the tower's text_projection.
+                          image tower (2D kinds) and the text tower + embed_dim E (all kinds). A
+                          ``text_cfg`` with ``hf_model_name`` (a local directory or a cached hub id;
+                          ``hf_tokenizer_name``, ``hf_proj_type``, ``hf_model_pretrained``,
+                          ``context_length``) builds a BERT-family Hugging Face text tower.
+    ``text_pool``         open_clip TextTransformer: ``"eot"`` (EOT token state) or ``"mean"`` (mean over
+                          real token states), then the tower's text_projection; Hugging Face towers:
+                          ``"cls"`` (the [CLS] state) or ``"mean"``, then the adapter's projection.
     ``init_logit_scale``  log t, default log(1/0.07).
+    ``learnable_logit_scale``  true (default): t is learnt; false: t stays at its initial value (RadCLIP).
     ``init_logit_bias``   b (sigmoid losses; -10) or None for no bias parameter.
 dual_encoder
     ``concept_heads``     build PC-Align heads ``image_proj`` / ``text_proj`` (MLP W -> hidden -> E) and
@@ -66,18 +71,19 @@ from medvlp.models.logit_scales import LOG_MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
 from medvlp.models.outputs import AnatomyOutput, DualOutput, ImageOutput, TextOutput, VolumeOutput
 from medvlp.models.radclip import RadCLIP
 from medvlp.models.slice_pooling import SlicePooling, encode_slices, sinusoidal_positions
-from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder, build_tokenizer
+from medvlp.models.tokenizers import ClipBPETokenizer, WordPieceTokenizer, build_tokenizer, local_hf_path
+from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder
 from medvlp.models.vit3d import ViT3DEncoder
 from medvlp.models.volume_tower import build_volume_tower, has_volume_tower, input_volume_size, volume_size
 
 __all__ = [
-    "DEFAULT_CONV3D", "DEFAULT_VIT3D", "FVLM", "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE",
-    "MODEL_KINDS", "PRESETS", "VOLUME_TOWERS", "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput",
-    "CTGlobalCLIP", "ConvEncoder3D", "DualEncoder", "DualOutput", "ImageEncoder", "ImageOutput", "MLPHead",
-    "RadCLIP", "SlicePooling", "TextEncoder", "TextOutput", "TokenizedConcepts", "ViT3DEncoder", "VolumeOutput",
-    "anatomy_token_masks", "atomic_torch_save", "build_model", "build_tokenizer", "build_volume_tower",
-    "char_spans_to_token_spans", "count_parameters", "encode_slices", "get_clip_config", "has_volume_tower",
-    "input_volume_size", "list_clip_configs", "load_medvlp_weights", "load_model", "load_open_clip_weights",
-    "read_model_file", "resolve_model_config", "save_model", "sinusoidal_positions", "span_mean",
-    "tokenize_with_concepts", "volume_size",
+    "AnatomyAttentionPool", "AnatomyMasks", "AnatomyOutput", "CTGlobalCLIP", "ClipBPETokenizer", "ConvEncoder3D",
+    "DEFAULT_CONV3D", "DEFAULT_VIT3D", "DualEncoder", "DualOutput", "FVLM", "ImageEncoder", "ImageOutput",
+    "KIND_DEFAULTS", "LOG_MAX_LOGIT_SCALE", "MAX_LOGIT_SCALE", "MLPHead", "MODEL_KINDS", "PRESETS", "RadCLIP",
+    "SlicePooling", "TextEncoder", "TextOutput", "TokenizedConcepts", "VOLUME_TOWERS", "ViT3DEncoder",
+    "VolumeOutput", "WordPieceTokenizer", "anatomy_token_masks", "atomic_torch_save", "build_model",
+    "build_tokenizer", "build_volume_tower", "char_spans_to_token_spans", "count_parameters", "encode_slices",
+    "get_clip_config", "has_volume_tower", "input_volume_size", "list_clip_configs", "load_medvlp_weights",
+    "load_model", "load_open_clip_weights", "local_hf_path", "read_model_file", "resolve_model_config",
+    "save_model", "sinusoidal_positions", "span_mean", "tokenize_with_concepts", "volume_size",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from collections.abc import Sequence
@@ -68,9 +69,20 @@ def read_model_file(path: str | Path) -> dict:
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the model from the stored config and load its weights (strict)."""
     payload = read_model_file(path)
-    model = build_model(payload["config"])
+    model = build_model(without_pretrained_text(payload["config"]))
     model.load_state_dict(payload["state_dict"], strict=True)
     return model.to(map_location)
+
+
+def without_pretrained_text(config: dict) -> dict:
+    """``config`` with a Hugging Face text tower built from its config only (``hf_model_pretrained``
+    false): weights about to be loaded from a model file need not be read from the tower's folder too."""
+    text_cfg = config.get("clip_model", {}).get("text_cfg", {})
+    if not text_cfg.get("hf_model_name"):
+        return config
+    out = copy.deepcopy(config)
+    out["clip_model"]["text_cfg"]["hf_model_pretrained"] = False
+    return out
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -169,5 +181,9 @@ def load_medvlp_weights(model: nn.Module, path: str | Path, parts: Sequence[str]
     if not chosen:
         raise ValueError(f"{str(path)!r}: no tensor of parts {list(prefixes)} fits this "
                          f"{type(target).__name__}; check init_from.parts")
+    fixed = sorted(k for k in chosen if k.endswith("logit_scale") and k not in dict(target.named_parameters()))
+    if fixed:
+        raise ValueError(f"{str(path)!r}: {fixed} of this {type(target).__name__} is a fixed temperature "
+                         "(learnable_logit_scale: false); leave logit_scale out of init_from.parts")
     target.load_state_dict(chosen, strict=False)
     return sorted(chosen)

@@ -1,4 +1,8 @@
-"""Concept character spans -> token positions of the tokenizer in use (open_clip SimpleTokenizer).
+"""Concept character spans -> token positions of the tokenizer in use.
+
+:func:`tokenize_with_concepts` works with either tokenizer of :mod:`medvlp.models.tokenizers` (each
+maps spans with its own ``token_spans``): a Hugging Face fast tokenizer from its offset mapping, and
+open_clip's SimpleTokenizer by :func:`char_spans_to_token_spans` below.
 
 SimpleTokenizer has no offset mapping: it cleans the text (ftfy, HTML unescape, whitespace collapse,
 lower case), splits it into pieces with a regex (words, single digits, punctuation runs, ``'s``...)
@@ -92,13 +96,13 @@ class TokenizedConcepts(NamedTuple):
     source: torch.Tensor
 
 
-def tokenize_with_concepts(tokenizer: SimpleTokenizer, captions: Sequence[str],
+def tokenize_with_concepts(tokenizer, captions: Sequence[str],
                            char_spans: Sequence[Sequence[tuple[int, int]]],
                            context_length: int) -> TokenizedConcepts:
     """Tokenize captions and map their concept character spans; spans cut by truncation are dropped.
 
     Args:
-        tokenizer: open_clip SimpleTokenizer.
+        tokenizer: a :mod:`medvlp.models.tokenizers` tokenizer (``build_tokenizer(text_cfg)``).
         captions: B captions.
         char_spans: per caption, its concepts' (start_char, end_char).
         context_length: L.
@@ -108,7 +112,7 @@ def tokenize_with_concepts(tokenizer: SimpleTokenizer, captions: Sequence[str],
     ids = tokenizer(list(captions), context_length=context_length)
     kept, source = [], []
     for i, (caption, spans) in enumerate(zip(captions, char_spans)):
-        for j, tok in enumerate(char_spans_to_token_spans(tokenizer, caption, spans, context_length)):
+        for j, tok in enumerate(tokenizer.token_spans(caption, spans, context_length)):
             if tok is not None:
                 kept.append(tok)
                 source.append((i, j))

@@ -50,6 +50,7 @@ _COMMON: dict[str, Any] = {
     "clip_model": "medvlp-tiny",
     "text_pool": "eot",
     "init_logit_scale": LOG_INIT_LOGIT_SCALE,
+    "learnable_logit_scale": True,
     "init_logit_bias": None,
 }
 
@@ -97,8 +98,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fvlm": {"kind": "fvlm"},
     "ct_global": {"kind": "ct_global"},
     "ct_clip_global": {"kind": "ct_global"},
-    "radclip": {"kind": "radclip"},
-    "radclip_meanpool": {"kind": "radclip", "slice_pooling": "mean"},
+    # RadCLIP trains with InfoNCE at a fixed tau = 0.07 in both stages
+    "radclip": {"kind": "radclip", "learnable_logit_scale": False},
+    "radclip_meanpool": {"kind": "radclip", "slice_pooling": "mean", "learnable_logit_scale": False},
     "dual_encoder": {"kind": "dual_encoder"},
 }
 
@@ -130,9 +132,12 @@ def _check_clip_config(cfg: dict, where: str) -> dict:
     if vision.get("attentional_pool") or vision.get("pool_type", "tok") == "none":
         raise ValueError(f"CLIP config {where}: attentional_pool / pool_type 'none' hide the patch tokens; "
                          "use pool_type 'tok' or 'avg'")
-    if text.get("hf_model_name") or text.get("hf_tokenizer_name"):
-        raise ValueError(f"CLIP config {where}: HuggingFace text towers/tokenizers are not supported; "
-                         "medvlp uses open_clip's TextTransformer and SimpleTokenizer (no download)")
+    if text.get("hf_tokenizer_name") and not text.get("hf_model_name"):
+        raise ValueError(f"CLIP config {where}: hf_tokenizer_name needs an hf_model_name (a Hugging Face text "
+                         "tower); open_clip's TextTransformer uses its own byte-pair tokenizer")
+    if text.get("hf_model_name") and not text.get("context_length"):
+        raise ValueError(f"CLIP config {where}: a Hugging Face text tower needs text_cfg.context_length "
+                         "(tokens per text, at most the model's max_position_embeddings)")
     if text.get("embed_cls"):
         raise ValueError(f"CLIP config {where}: text_cfg.embed_cls (CoCa) is not supported")
     return cfg
@@ -143,8 +148,19 @@ def get_clip_config(name_or_cfg: str | dict) -> dict:
 
     Args:
         name_or_cfg: a medvlp config name (``medvlp-tiny``), an open_clip model name whose config
-            ships with open_clip (``ViT-B-16``), or a dict in that schema.
+            ships with open_clip (``ViT-B-16``), a dict in that schema, or a dict
+            ``{"base": <name>, <key>: <override>, ...}``: the named config with the given keys merged
+            in (dicts key by key), except that a ``text_cfg`` naming ``hf_model_name`` replaces the
+            base's text tower whole (another kind of tower), e.g.
+            ``{"base": "medvlp-conv-tiny", "text_cfg": {"hf_model_name": "reports/text_encoder",
+            "context_length": 64}}``.
     """
+    if isinstance(name_or_cfg, dict) and "base" in name_or_cfg:
+        overrides = {k: v for k, v in name_or_cfg.items() if k != "base"}
+        base = get_clip_config(name_or_cfg["base"])
+        if (overrides.get("text_cfg") or {}).get("hf_model_name"):
+            base.pop("text_cfg")
+        return _check_clip_config(_merge(base, overrides), f"(base {name_or_cfg['base']!r})")
     if isinstance(name_or_cfg, dict):
         return _check_clip_config(copy.deepcopy(name_or_cfg), "(dict)")
     own = _medvlp_clip_configs()
@@ -200,8 +216,10 @@ def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
         config.pop("clip_model_name", None)
     config["clip_model"] = get_clip_config(clip_model)
 
-    if config["text_pool"] not in ("eot", "mean"):
-        raise ValueError(f"model config: text_pool must be 'eot' or 'mean', got {config['text_pool']!r}")
+    pools = ("cls", "mean") if config["clip_model"]["text_cfg"].get("hf_model_name") else ("eot", "mean")
+    if config["text_pool"] not in pools:
+        raise ValueError(f"model config: text_pool must be one of {pools} for this text tower "
+                         f"('cls' and 'mean' for Hugging Face towers), got {config['text_pool']!r}")
     if kind == "radclip":
         if config["slice_pooling"] not in ("attention", "mean"):
             raise ValueError(f"model config: slice_pooling must be 'attention' or 'mean', "

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter
+from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import TextOutput, VolumeOutput
 from medvlp.models.towers import TextEncoder
 from medvlp.models.volume_tower import build_volume_tower
@@ -30,7 +30,7 @@ class CTGlobalCLIP(nn.Module, LogitScalesMixin):
         self.volume = build_volume_tower(config, token_depths=(-1,))
         self.volume_proj = nn.Linear(self.volume.width, embed_dim)
         self.text = TextEncoder(embed_dim, clip["text_cfg"], quick_gelu, pool=config["text_pool"])
-        self.logit_scale = scalar_parameter(config["init_logit_scale"])
+        set_logit_scale(self, config["init_logit_scale"], config["learnable_logit_scale"])
         self.logit_bias = scalar_parameter(config["init_logit_bias"])
 
     @property

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter
+from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import DualOutput, ImageOutput, TextOutput
 from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder
 
@@ -53,7 +53,7 @@ class DualEncoder(nn.Module, LogitScalesMixin):
         self.embed_dim = embed_dim
         self.image = ImageEncoder(embed_dim, clip["vision_cfg"], quick_gelu)
         self.text = TextEncoder(embed_dim, clip["text_cfg"], quick_gelu, pool=config["text_pool"])
-        self.logit_scale = scalar_parameter(config["init_logit_scale"])
+        set_logit_scale(self, config["init_logit_scale"], config["learnable_logit_scale"])
         self.logit_bias = scalar_parameter(config["init_logit_bias"])
         if config.get("concept_heads"):
             hidden = config.get("head_hidden")

@@ -7,7 +7,7 @@ from torch import nn
 
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.models.anatomy_pooling import AnatomyAttentionPool, anatomy_token_masks
-from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter
+from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import AnatomyOutput, TextOutput
 from medvlp.models.towers import TextEncoder
 from medvlp.models.volume_tower import build_volume_tower
@@ -43,7 +43,7 @@ class FVLM(nn.Module, LogitScalesMixin):
         self.pool = AnatomyAttentionPool(len(self.anatomy_labels), self.volume.width, embed_dim,
                                          int(config["pool_heads"]))
         self.text = TextEncoder(embed_dim, clip["text_cfg"], quick_gelu, pool=config["text_pool"])
-        self.logit_scale = scalar_parameter(config["init_logit_scale"])
+        set_logit_scale(self, config["init_logit_scale"], config["learnable_logit_scale"])
         self.logit_bias = scalar_parameter(config["init_logit_bias"])
 
     @property

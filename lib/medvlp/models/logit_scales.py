@@ -16,6 +16,15 @@ def scalar_parameter(value: float | None) -> nn.Parameter | None:
     return None if value is None else nn.Parameter(torch.tensor(float(value)))
 
 
+def set_logit_scale(module: nn.Module, value: float, learnable: bool) -> None:
+    """Give ``module`` its ``logit_scale`` (log t): a learnable parameter, or a fixed buffer (RadCLIP's
+    tau = 0.07 in both stages), which no optimiser, freeze or unfreeze touches and checkpoints still store."""
+    if learnable:
+        module.logit_scale = scalar_parameter(value)
+    else:
+        module.register_buffer("logit_scale", torch.tensor(float(value)))
+
+
 class LogitScalesMixin:
     """Clamped access to ``logit_scale`` (log t) and ``concept_logit_scale`` (log t_c).
 

@@ -1,43 +1,28 @@
 """open_clip towers wrapped to expose what the medvlp losses need (patch tokens, token states).
 
-The towers themselves are open_clip's ``VisionTransformer`` and ``TextTransformer``, built by
-open_clip's own ``_build_vision_tower`` / ``_build_text_tower`` from an open_clip model config, with
-``output_tokens=True``. Parameter names inside ``.tower`` are open_clip's, so open_clip CLIP
-checkpoints map onto them by a prefix change (see ``checkpoint.load_open_clip_weights``).
+The towers themselves are open_clip's: ``VisionTransformer`` for images (or medvlp's conv tower), and
+for text either open_clip's ``TextTransformer`` (byte-pair tokens) or its Hugging Face adapter
+``HFTextEncoder`` around a BERT-family model (``text_cfg.hf_model_name``), all built by open_clip's own
+``_build_vision_tower`` / ``_build_text_tower`` with ``output_tokens=True``. Parameter names inside
+``.tower`` are open_clip's, so open_clip CLIP checkpoints map onto them by a prefix change (see
+``checkpoint.load_open_clip_weights``).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
+from open_clip.hf_model import HFTextEncoder
 from open_clip.model import _build_text_tower, _build_vision_tower
-from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from medvlp.models.conv_tower import build_conv_tower
 from medvlp.models.outputs import ImageOutput, TextOutput
+from medvlp.models.tokenizers import build_tokenizer, local_hf_path
 
-
-@lru_cache(maxsize=8)
-def _cached_tokenizer(context_length: int, clean: str) -> SimpleTokenizer:
-    return SimpleTokenizer(context_length=context_length, clean=clean)
-
-
-def build_tokenizer(text_cfg: dict) -> SimpleTokenizer:
-    """open_clip's BPE ``SimpleTokenizer`` (vocabulary ships inside open_clip; nothing is downloaded).
-
-    Built directly rather than via ``open_clip.get_tokenizer``, which may reach the HF hub. Honours
-    ``text_cfg["context_length"]`` and ``text_cfg["tokenizer_kwargs"]["clean"]``; cached per setting.
-    """
-    kwargs = text_cfg.get("tokenizer_kwargs") or {}
-    unknown = set(kwargs) - {"clean"}
-    if unknown:
-        raise ValueError(f"text_cfg.tokenizer_kwargs: unsupported keys {sorted(unknown)}; only 'clean' is")
-    return _cached_tokenizer(int(text_cfg.get("context_length", 77)), kwargs.get("clean", "lower"))
-
+#: medvlp's text pooling names -> open_clip's Hugging Face poolers.
+HF_POOLERS = {"mean": "mean_pooler", "cls": "cls_last_hidden_state_pooler"}
 
 class MLPHead(nn.Module):
     """Two-layer MLP ``Linear(in, hidden) -> GELU -> Linear(hidden, out)`` applied on the last axis."""
@@ -95,44 +80,75 @@ class ImageEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """open_clip text transformer returning the global embedding, token states and the token mask.
+    """A text tower returning the global embedding, token states and the token mask.
 
-    Global embedding, by ``pool``:
-      - ``"eot"``: open_clip's own pooling (the end-of-text token state, found as the arg-max token id
-        of SimpleTokenizer ids) then the tower's ``text_projection``; the CLIP/SigLIP baselines.
-      - ``"mean"``: mean of the token states over real tokens (start-of-text .. end-of-text) then the
-        same ``text_projection`` (a linear map); ConceptCLIP's text embedding.
+    Two towers, chosen by ``text_cfg``:
+
+    - open_clip's ``TextTransformer`` (byte-pair tokens, :class:`~medvlp.models.tokenizers.ClipBPETokenizer`);
+      ``pool``: ``"eot"`` (open_clip's own pooling, the end-of-text token state, then the tower's
+      ``text_projection``) or ``"mean"`` (mean of the real token states, start-of-text .. end-of-text, then
+      the same projection);
+    - a BERT-family Hugging Face model through open_clip's ``HFTextEncoder`` when ``text_cfg`` names
+      ``hf_model_name`` (a local directory or a cached hub id; WordPiece tokens,
+      :class:`~medvlp.models.tokenizers.WordPieceTokenizer` of ``hf_tokenizer_name`` or the model's own).
+      ``pool``: ``"cls"`` (the ``[CLS]`` state, fVLM's report embedding) or ``"mean"`` (over non-padding
+      tokens, ConceptCLIP's); then the adapter's projection ``hf_proj_type`` (``linear`` or ``mlp``).
+      ``hf_model_pretrained`` (default true) starts from the model's weights, else from its config only.
+
+    Token states are those of every position of the ids (for BERT, ``[CLS]`` at 0), so concept spans
+    index them directly.
 
     Args:
         embed_dim: E.
-        text_cfg: open_clip ``text_cfg`` dict (``context_length``, ``vocab_size``, ``width``, ``heads``,
-            ``layers``, ...).
-        quick_gelu: open_clip's QuickGELU activation.
-        pool: ``"eot"`` or ``"mean"``.
+        text_cfg: open_clip ``text_cfg`` dict (``context_length``, and ``vocab_size``, ``width``, ``heads``,
+            ``layers`` for the TextTransformer, or the ``hf_*`` keys).
+        quick_gelu: open_clip's QuickGELU activation (TextTransformer only).
+        pool: ``"eot"``, ``"mean"`` or ``"cls"`` as above.
+
+    Raises:
+        ValueError: a pooling the tower does not have, a vocabulary smaller than the tokenizer's, or a
+            context length longer than the model's position embeddings.
+        FileNotFoundError: the Hugging Face model is not on disk.
     """
 
     def __init__(self, embed_dim: int, text_cfg: dict, quick_gelu: bool = False, pool: str = "eot"):
         super().__init__()
-        if pool not in ("eot", "mean"):
-            raise ValueError(f"text pool must be 'eot' or 'mean', got {pool!r}")
-        self.tower = _build_text_tower(embed_dim, {**text_cfg, "output_tokens": True}, quick_gelu)
-        if not isinstance(self.tower, TextTransformer):
-            raise ValueError(f"text_cfg builds a {type(self.tower).__name__}; open_clip's TextTransformer "
-                             "is required")
-        self.pool = pool
         self.text_cfg = dict(text_cfg)
+        self.is_hf = bool(text_cfg.get("hf_model_name"))
+        allowed = tuple(HF_POOLERS) if self.is_hf else ("eot", "mean")
+        if pool not in allowed:
+            raise ValueError(f"text pool {pool!r} is not available for this text tower; choose one of {allowed}")
+        self.pool = pool
+        if self.is_hf:
+            cfg = {**text_cfg, "hf_model_name": local_hf_path(text_cfg["hf_model_name"]),
+                   "hf_pooler_type": HF_POOLERS[pool], "output_tokens": True}
+            self.tower = _build_text_tower(embed_dim, cfg, quick_gelu)
+            if not isinstance(self.tower, HFTextEncoder):
+                raise ValueError(f"text_cfg builds a {type(self.tower).__name__}, not open_clip's HFTextEncoder")
+            self.width: int = int(self.tower.config.hidden_size)
+            self.context_length: int = int(text_cfg.get("context_length") or 0)
+            limit = int(self.tower.config.max_position_embeddings)
+            if not 2 <= self.context_length <= limit:
+                raise ValueError(f"text_cfg.context_length {self.context_length} must be in [2, {limit}] "
+                                 f"(the position embeddings of {text_cfg['hf_model_name']!r})")
+        else:
+            self.tower = _build_text_tower(embed_dim, {**text_cfg, "output_tokens": True}, quick_gelu)
+            if not isinstance(self.tower, TextTransformer):
+                raise ValueError(f"text_cfg builds a {type(self.tower).__name__}; open_clip's TextTransformer "
+                                 "is required")
+            self.width = self.tower.width
+            self.context_length = self.tower.context_length
         if self.tower.vocab_size < self.tokenizer.vocab_size:
-            raise ValueError(f"text_cfg.vocab_size {self.tower.vocab_size} is smaller than open_clip "
-                             f"SimpleTokenizer's {self.tokenizer.vocab_size}; medvlp uses that tokenizer")
-        self.width: int = self.tower.width
-        self.context_length: int = self.tower.context_length
+            raise ValueError(f"the text tower's vocabulary ({self.tower.vocab_size}) is smaller than its "
+                             f"tokenizer's ({self.tokenizer.vocab_size}); size them alike")
 
     @property
-    def tokenizer(self) -> SimpleTokenizer:
+    def tokenizer(self):
+        """The tower's tokenizer (:func:`~medvlp.models.tokenizers.build_tokenizer` of ``text_cfg``)."""
         return build_tokenizer(self.text_cfg)
 
     def tokenize(self, texts: str | list[str]) -> torch.Tensor:
-        """texts -> token ids [N, L] (L = context_length; SOT, BPE tokens, EOT, zero padding)."""
+        """texts -> token ids [N, L] (L = context_length, padded with the tokenizer's ``pad_id``)."""
         return self.tokenizer(texts, context_length=self.context_length)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,10 +160,15 @@ class TextEncoder(nn.Module):
         return x @ proj
 
     def forward(self, ids: torch.Tensor) -> TextOutput:
-        """ids [B, L] (SimpleTokenizer ids, L = context_length) -> TextOutput([B, E], [B, L, Wt], [B, L])."""
+        """ids [B, L] (this tower's tokenizer, L = context_length) -> TextOutput([B, E], [B, L, Wt], [B, L])."""
         if ids.ndim != 2 or ids.shape[1] != self.context_length:
             raise ValueError(f"text ids: expected [B, {self.context_length}] (the tower's context_length), "
                              f"got {list(ids.shape)}; tokenize with model.tokenize")
+        if self.is_hf:
+            mask = ids != self.tokenizer.pad_id
+            out = self.tower.transformer(input_ids=ids, attention_mask=mask.long())
+            pooled = self.tower.proj(self.tower.pooler(out, mask.long()))
+            return TextOutput(F.normalize(pooled, dim=-1), out.last_hidden_state, mask)
         pooled, states = self.tower(ids)
         # Real tokens run from SOT to EOT; EOT has the largest id of SimpleTokenizer's vocabulary.
         eot_pos = ids.argmax(dim=-1, keepdim=True)

@@ -30,6 +30,10 @@ class ViT3DEncoder(nn.Module):
             if key in cfg:
                 raise ValueError(f"vit3d config: {key!r} is fixed by medvlp (3D, no classification head)")
         self.vit = ViT(spatial_dims=3, classification=False, **cfg)
+        for block in self.vit.blocks:
+            # MONAI builds a cross-attention LayerNorm in every block even without cross-attention; no forward
+            # uses it, and DistributedDataParallel fails on parameters that never get a gradient
+            block.norm_cross_attn = nn.Identity()
         self.img_size = tuple(int(s) for s in _triple(cfg["img_size"]))
         self.patch_size = tuple(int(p) for p in _triple(cfg["patch_size"]))
         for s, p in zip(self.img_size, self.patch_size):
@@ -41,6 +45,12 @@ class ViT3DEncoder(nn.Module):
         self.width = int(cfg["hidden_size"])
         layers = len(self.vit.blocks)
         self.token_depths = [d % layers for d in token_depths]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # model files written before the unused cross-attention norms were dropped still load
+        for key in [k for k in state_dict if k.startswith(prefix) and ".norm_cross_attn." in k]:
+            del state_dict[key]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, volume: torch.Tensor) -> torch.Tensor:
         """volume [B, C, X, Y, Z] -> tokens [B, D, N, W] (D = len(token_depths), N = num_tokens)."""

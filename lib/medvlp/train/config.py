@@ -25,6 +25,13 @@ TASKS = {"image_text": "figures", "volume_text": "ct", "anatomy_text": "ct"}
 #: Tasks each model kind can train.
 KIND_TASKS = {"dual_encoder": ("image_text",), "radclip": ("image_text", "volume_text"),
               "ct_global": ("volume_text",), "fvlm": ("anatomy_text",)}
+#: fVLM false-negative calibrations (``StageConfig.calibration``).
+CALIBRATIONS = ("none", "normal", "both")
+#: PC-Align settings (``pc_align``): which images a concept mention is a positive for, and whether
+#: negated mentions ("no effusion") are aligned.
+PC_ALIGN_CHOICES = {"positives": ("paper", "concept"), "negated_mentions": ("keep", "drop")}
+#: Settings of the abnormal false-negative calibration (``abnormal_calibration``).
+ABNORMAL_CALIBRATION_KEYS = ("ema_momentum", "weight", "threshold", "temperature")
 #: Model parts a stage may freeze (attribute names; absent ones are ignored for that model).
 FREEZABLE = {
     "image": ("image",),
@@ -63,9 +70,12 @@ RECIPES: dict[str, Recipe] = {
     ), "ConceptCLIP: IT-Align, then IT-Align + 0.5 PC-Align"),
     "ct_clip_global": Recipe("ct_clip_global", ({"task": "volume_text", "loss": "contrastive"},),
                              "3D global embedding vs the full report (CT-CLIP-style baseline)"),
-    "fvlm": Recipe("fvlm", ({"task": "anatomy_text", "calibrate": True},),
-                   "fVLM anatomy-level alignment with false-negative calibration"),
-    "fvlm_nocal": Recipe("fvlm", ({"task": "anatomy_text", "calibrate": False},),
+    "fvlm": Recipe("fvlm", ({"task": "anatomy_text", "calibration": "both"},),
+                   "fVLM anatomy-level alignment with both false-negative calibrations (normal pairs, "
+                   "abnormal pairs by an EMA text teacher)"),
+    "fvlm_normalcal": Recipe("fvlm", ({"task": "anatomy_text", "calibration": "normal"},),
+                             "fVLM anatomy-level alignment with the normal-pair calibration only (ablation)"),
+    "fvlm_nocal": Recipe("fvlm", ({"task": "anatomy_text", "calibration": "none"},),
                          "fVLM anatomy-level alignment without calibration (ablation)"),
     "radclip": Recipe("radclip", _RADCLIP_STAGES,
                       "RadCLIP: 2D radiology CLIP, then attention slice pooling on CT volume-report pairs"),
@@ -89,7 +99,9 @@ class StageConfig:
     steps: optimiser steps. task: ``image_text`` | ``volume_text`` | ``anatomy_text``.
     loss: ``contrastive`` (softmax InfoNCE) or ``sigmoid`` (image_text / volume_text).
     pc_align_weight: lambda of PC-Align (0 = off; the concept heads are then frozen).
-    calibrate: fVLM false-negative calibration (normal pairs + identical texts).
+    calibration: fVLM's false-negative calibration: ``none`` (identity targets, plain InfoNCE),
+        ``normal`` (normal-normal pairs and identical texts are positives), ``both`` (also soft positives
+        between abnormal samples from an EMA text teacher; settings in ``abnormal_calibration``).
     modalities: keep only figures of these modalities (None = all).
     freeze: model parts frozen in this stage (keys of ``FREEZABLE``).
     lr, warmup_steps: this stage's peak learning rate / warm-up (None = the ``optimizer`` block's).
@@ -101,7 +113,7 @@ class StageConfig:
     name: str = ""
     loss: str = "contrastive"
     pc_align_weight: float = 0.0
-    calibrate: bool = True
+    calibration: str = "none"
     modalities: tuple[str, ...] | None = None
     freeze: tuple[str, ...] = ()
     lr: float | None = None
@@ -135,6 +147,8 @@ class StageConfig:
             values["modalities"] = tuple(values["modalities"])
         if float(values.get("pc_align_weight", 0.0)) < 0:
             raise ValueError(f"{where}: pc_align_weight must be >= 0")
+        if values.get("calibration", "none") not in CALIBRATIONS:
+            raise ValueError(f"{where}: calibration must be one of {CALIBRATIONS}, got {values['calibration']!r}")
         return cls(**values)
 
 
@@ -174,6 +188,8 @@ class TrainConfig:
     image_augment: dict = field(default_factory=lambda: dict(IMAGE_AUGMENT_DEFAULTS))
     volume: dict = field(default_factory=lambda: dict(VOLUME_DEFAULTS))
     report_sections: tuple[str, ...] = ("impression", "findings")
+    pc_align: dict | None = None
+    abnormal_calibration: dict | None = None
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
@@ -214,7 +230,7 @@ class TrainConfig:
             raw[key] = {**defaults, **given}
         if "report_sections" in raw:
             raw["report_sections"] = tuple(raw["report_sections"])
-        raw["out_dir"] = str(raw.get("out_dir", cls.out_dir)).format(model=name)
+        raw["out_dir"] = str(raw.get("out_dir", cls.out_dir)).format(model=name, seed=raw.get("seed", cls.seed))
         cfg = cls(stages=stages, recipe=recipe_name, **raw)
         cfg._validate()
         return cfg
@@ -253,6 +269,16 @@ class TrainConfig:
                     not self.architecture.get("concept_heads"):
                 raise ValueError(f"{where}, stage {i}: pc_align_weight needs a model with concept heads "
                                  "(recipe conceptclip or architecture.concept_heads: true)")
+        if any(s.pc_align_weight > 0 for s in self.stages):
+            _check_choices(self.pc_align, PC_ALIGN_CHOICES, f"{where}: pc_align")
+        if any(s.calibration == "both" for s in self.stages):
+            cal = self.abnormal_calibration
+            if not isinstance(cal, dict) or sorted(cal) != sorted(ABNORMAL_CALIBRATION_KEYS):
+                raise ValueError(f"{where}: calibration 'both' needs abnormal_calibration with exactly the keys "
+                                 f"{list(ABNORMAL_CALIBRATION_KEYS)}, got {cal!r}")
+            if not 0 <= float(cal["ema_momentum"]) < 1 or float(cal["temperature"]) <= 0 or float(cal["weight"]) < 0:
+                raise ValueError(f"{where}: abnormal_calibration needs 0 <= ema_momentum < 1, temperature > 0 and "
+                                 f"weight >= 0, got {cal}")
 
     @property
     def preset(self) -> str:
@@ -276,6 +302,7 @@ OPTIMIZER_DEFAULTS: dict[str, Any] = {
     "eps": 1e-6,
     "warmup_steps": 50,
     "min_lr_ratio": 0.0,
+    "text_lr_scale": 1.0,
 }
 IMAGE_AUGMENT_DEFAULTS: dict[str, Any] = {
     "scale": [0.8, 1.0],
@@ -293,6 +320,16 @@ VOLUME_DEFAULTS: dict[str, Any] = {
     "flip_axes": [0],
     "slice_stride": 1,
 }
+
+
+def _check_choices(given: Any, choices: dict[str, tuple[str, ...]], where: str) -> None:
+    """``given`` must be a dict with exactly the keys of ``choices``, each set to one of its values."""
+    if not isinstance(given, dict) or set(given) != set(choices):
+        expected = ", ".join(f"{k}: {' | '.join(v)}" for k, v in choices.items())
+        raise ValueError(f"{where}: expected {{{expected}}}, got {given!r}")
+    for key, allowed in choices.items():
+        if given[key] not in allowed:
+            raise ValueError(f"{where}.{key}: must be one of {allowed}, got {given[key]!r}")
 
 
 def _plain(value: Any) -> Any:

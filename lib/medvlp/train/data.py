@@ -300,17 +300,22 @@ def _as_mapping(value: Any, key_field: str, value_field: str) -> dict:
 
 
 class FigureItems:
-    """A decoded figure sample -> ``{"image": [3, S, S], "ids": [L]}`` (+ ``"concept_spans": [k, 2]``).
+    """A decoded figure sample -> ``{"image": [3, S, S], "ids": [L]}`` (+ ``"concept_spans": [k, 2]``,
+    ``"concept_ids": [k]``).
 
     Args:
         transform: the 2D transform.
         text_cfg: the text tower's open_clip ``text_cfg`` (tokenizer and context length).
         with_concepts: also map the caption's concept character spans to token spans (PC-Align);
             spans cut by truncation are dropped.
+        keep_negated: align negated mentions too ("no effusion": ConceptCLIP's official code uses every
+            linked span); else only the positive ones.
     """
 
-    def __init__(self, transform: ImageTransform, text_cfg: dict, with_concepts: bool = False):
+    def __init__(self, transform: ImageTransform, text_cfg: dict, with_concepts: bool = False,
+                 keep_negated: bool = False):
         self.transform, self.text_cfg, self.with_concepts = transform, dict(text_cfg), with_concepts
+        self.keep_negated = keep_negated
         self.context_length = int(text_cfg.get("context_length", 77))
 
     def __call__(self, sample: dict, rng: np.random.Generator | None) -> dict:
@@ -319,7 +324,7 @@ class FigureItems:
             raise ValueError(f"figure sample {key!r}: needs a .png and a .json member")
         caption = meta["caption"]
         tokenizer = build_tokenizer(self.text_cfg)
-        mentions = [c for c in meta.get("concepts", []) if not c.get("negated", False)]
+        mentions = [c for c in meta.get("concepts", []) if self.keep_negated or not c.get("negated", False)]
         spans = [(int(c["start_char"]), int(c["end_char"])) for c in mentions]
         tok = tokenize_with_concepts(tokenizer, [caption], [spans], self.context_length)
         item = {"image": self.transform(sample["image"], rng), "ids": tok.ids[0]}

@@ -59,6 +59,7 @@ from medvlp.train.distributed import (
     micro_batch_size,
     shutdown_distributed,
 )
+from medvlp.train.ema import EMATextTower
 from medvlp.train.optim import build_optimizer, build_scheduler, clamp_logit_scales
 from medvlp.train.runlog import (
     CSVLog,
@@ -265,11 +266,16 @@ class Trainer:
                                          cfg.init_from.get("parts") or ("image", "text"))
             self._log(f"initialised {len(copied)} tensors from {cfg.init_from['path']}")
         self.model.to(self.device)
+        self.teacher = None  # fVLM's EMA text teacher, copied before any compile wrapper
+        if any(s.calibration == "both" for s in cfg.stages):
+            self.teacher = EMATextTower(self.model.text, cfg.abnormal_calibration["ema_momentum"]).to(self.device)
         if cfg.grad_checkpointing:
             enable_grad_checkpointing(self.model)
         if cfg.compile:
             compile_towers(self.model)
-        self.loss_module = LossModule(self.model, cfg.loss_chunk_size, int(cfg.volume["slice_stride"]))
+        self.loss_module = LossModule(self.model, cfg.loss_chunk_size, int(cfg.volume["slice_stride"]),
+                                      pc_align=cfg.pc_align, teacher=self.teacher,
+                                      abnormal_calibration=cfg.abnormal_calibration)
         self.precision = _precision(cfg, self.device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -324,7 +330,9 @@ class Trainer:
             transform = ImageTransform(size, scale=aug["scale"], ratio=aug["ratio"],
                                        hflip_prob=aug["hflip_prob"], vflip_prob=aug["vflip_prob"],
                                        brightness=aug["brightness"], contrast=aug["contrast"])
-            return FigureItems(transform, text_cfg, with_concepts=stage.pc_align_weight > 0)
+            with_concepts = stage.pc_align_weight > 0
+            keep_negated = with_concepts and self.cfg.pc_align["negated_mentions"] == "keep"
+            return FigureItems(transform, text_cfg, with_concepts=with_concepts, keep_negated=keep_negated)
         vol = self.cfg.volume
         size = vol["spatial_size"] or input_volume_size(self.model.config)
         transform = VolumeTransform(size, hu_window=vol["hu_window"], pixdim=vol["pixdim"],
@@ -418,6 +426,8 @@ class Trainer:
             "rng": rng_states, "world_size": self.ctx.world_size,
             "best_val": self.best_val, "elapsed_s": self.elapsed, "config": self.cfg.to_dict(),
             "resumed_from": list(self.resumed_from),
+            "teacher": None if self.teacher is None else {k: v.detach().cpu()
+                                                          for k, v in self.teacher.state_dict().items()},
         }
 
     def _data_position(self, s_idx: int, stage_step: int) -> dict[str, int]:
@@ -479,6 +489,11 @@ class Trainer:
         if state["world_size"] != self.ctx.world_size:
             self._log(f"warning: {path} was written by {state['world_size']} processes, resuming with "
                       f"{self.ctx.world_size}: random-number streams differ")
+        if self.teacher is not None:
+            if state.get("teacher") is None:
+                raise ValueError(f"{path} holds no EMA text teacher but this run's calibration needs one; "
+                                 "resume: false starts over")
+            self.teacher.load_state_dict(state["teacher"])
         self.step, self.elapsed, self.best_val = state["step"], state["elapsed_s"], state["best_val"]
         self.resumed_from = [*state.get("resumed_from", []), self.step]
         return state
@@ -535,7 +550,8 @@ class Trainer:
         frozen = freeze_for_stage(self.model, stage)
         self.loss_module.set_stage(stage)
         self.optimizer = build_optimizer(self.model, lr=stage.lr or opt["lr"],
-                                         weight_decay=opt["weight_decay"], betas=opt["betas"], eps=opt["eps"])
+                                         weight_decay=opt["weight_decay"], betas=opt["betas"], eps=opt["eps"],
+                                         lr_scales={"text": opt["text_lr_scale"]})
         warmup = min(opt["warmup_steps"] if stage.warmup_steps is None else stage.warmup_steps, stage.steps)
         self.scheduler = build_scheduler(self.optimizer, warmup, stage.steps, opt["min_lr_ratio"])
         if resume_state is not None:
@@ -599,6 +615,8 @@ class Trainer:
             self.wrapped, micro_batches, self.optimizer, self.scheduler, self.scaler, self.trainable,
             grad_accum_steps=self.cfg.grad_accum_steps, grad_clip_norm=self.cfg.grad_clip_norm,
             amp_dtype=self.amp_dtype, distributed=self.ctx.distributed)
+        if self.teacher is not None:
+            self.teacher.update(self.model.text)
         values = {k: float(v) for k, v in terms.items()}
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(f"step {self.step + 1}: non-finite loss {values}; lower the learning "

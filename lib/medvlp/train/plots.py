@@ -19,6 +19,15 @@ def _column(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) if r.get(key, "") != "" else float("nan") for r in rows]
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_training_curves(train_log: str | Path, val_log: str | Path | None, path: str | Path,
                          title: str = "") -> Path:
     """Three panels from a run's CSV logs: every loss term (training, thin; validation, markers),
@@ -49,9 +58,22 @@ def plot_training_curves(train_log: str | Path, val_log: str | Path | None, path
                 ax.axvline(steps[i], ls="--", color="grey", lw=0.8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
+
+
+def plot_text_encoder_curves(train_log: str | Path, path: str | Path) -> Path:
+    """Two panels from the ``pretrain_text`` log: the masked-LM loss per step with the held-out loss,
+    and the held-out accuracy on the masked tokens. Returns ``path``."""
+    rows = read_csv(train_log)
+    if not rows:
+        raise ValueError(f"{train_log}: no logged step to plot")
+    steps = _column(rows, "step")
+    val = [r for r in rows if r.get("val_loss", "") != ""]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    axes[0].plot(steps, _column(rows, "loss"), lw=0.8, label="training")
+    axes[0].plot(_column(val, "step"), _column(val, "val_loss"), "o-", ms=4, label="held out")
+    axes[0].set(xlabel="step", ylabel="masked-LM loss", title="loss")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(_column(val, "step"), _column(val, "val_accuracy"), "o-", ms=4, color="tab:green")
+    axes[1].set(xlabel="step", ylabel="accuracy on masked tokens", title="held-out accuracy", ylim=(0, 1))
+    return _save(fig, path)

@@ -18,6 +18,7 @@ from torch import nn
 from medvlp.losses import concept_alignment_loss, contrastive_loss, fvlm_loss, sigmoid_loss
 from medvlp.models import FVLM, RadCLIP
 from medvlp.train.config import StageConfig
+from medvlp.train.ema import EMATextTower
 from medvlp.train.transforms import volume_to_slices
 
 #: The loss terms each task logs besides ``loss``.
@@ -38,13 +39,14 @@ def _pair_loss(kind: str, model: nn.Module, a: torch.Tensor, b: torch.Tensor, ch
     return sigmoid_loss(a, b, model.logit_scale_exp(), model.logit_bias, chunk_size=chunk_size)
 
 
-def image_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: str = "contrastive",
-                     pc_align_weight: float = 0.0, chunk_size="auto") -> dict[str, torch.Tensor]:
+def image_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: str,
+                     pc_align_weight: float, positives: str = "paper", chunk_size="auto") -> dict[str, torch.Tensor]:
     """2D figure-caption pairs: IT-Align (+ ``pc_align_weight`` x PC-Align).
 
     Batch: ``image`` [B, 3, S, S], ``ids`` [B, L]; for PC-Align also ``concept_spans`` [K, 2] (token
-    positions), ``concept_owner`` [K] (caption index) and optionally ``concept_ids`` [K] (concept
-    identities: a mention is a positive for every image whose caption names the same concept).
+    positions), ``concept_owner`` [K] (caption index) and ``concept_ids`` [K] (concept identities).
+    ``positives``: ``paper`` (ConceptCLIP's official code: a mention is a positive for its own caption's
+    image only) or ``concept`` (medvlp's variant: for every image whose caption names the same concept).
     """
     image = model.encode_image(batch["image"])
     text = model.encode_text(batch["ids"])
@@ -56,14 +58,15 @@ def image_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: 
         concepts = model.concept_embeddings(text.token_states, batch["concept_spans"], batch["concept_owner"])
         pc_align = concept_alignment_loss(patches, concepts.to(patches.dtype), batch["concept_owner"],
                                           model.concept_logit_scale_exp(), model.concept_logit_bias,
-                                          concept_ids=batch.get("concept_ids"), chunk_size=chunk_size)
+                                          concept_ids=batch["concept_ids"] if positives == "concept" else None,
+                                          chunk_size=chunk_size)
         terms["pc_align"] = pc_align
         total = total + pc_align_weight * pc_align
     terms["loss"] = total
     return terms
 
 
-def volume_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: str = "contrastive",
+def volume_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss: str,
                       slice_stride: int = 1, chunk_size="auto") -> dict[str, torch.Tensor]:
     """One embedding per CT volume vs its report (ct_global; RadCLIP's slice-pooling stage).
 
@@ -80,13 +83,18 @@ def volume_text_terms(model: nn.Module, batch: dict[str, torch.Tensor], *, loss:
     return {"vt_align": vt_align, "loss": vt_align}
 
 
-def anatomy_text_terms(model: FVLM, batch: dict[str, torch.Tensor], *, calibrate: bool = True,
+def anatomy_text_terms(model: FVLM, batch: dict[str, torch.Tensor], *, calibration: str,
+                       teacher: EMATextTower | None = None, abnormal_calibration: dict | None = None,
                        chunk_size="auto") -> dict[str, torch.Tensor]:
     """fVLM: per-anatomy volume embeddings vs per-anatomy texts, summed over anatomies.
 
     Batch: ``volume`` [B, 1, X, Y, Z], ``label_map`` [B, X, Y, Z], ``anatomy_ids`` [B, A, L],
     ``is_normal`` [B, A] bool, ``text_group`` [B, A] long. Only the texts of anatomies intact in the
     crop (``valid``) are encoded; the others never enter the loss.
+
+    ``calibration``: ``none`` (plain InfoNCE per anatomy), ``normal`` (normal pairs and identical texts
+    are positives) or ``both`` (also soft positives between abnormal samples: the ``teacher``'s
+    text-text similarities, ``abnormal_calibration`` = ``{weight, threshold, temperature, ...}``).
     """
     out = model.encode_volume(batch["volume"], batch["label_map"])
     b, a, length = batch["anatomy_ids"].shape
@@ -100,9 +108,19 @@ def anatomy_text_terms(model: FVLM, batch: dict[str, torch.Tensor], *, calibrate
         text = text.index_copy(0, index, encoded)
     else:
         text = text + 0.0 * encoded.sum()
+    fn_emb, fn = None, {}
+    if calibration == "both":
+        if teacher is None or abnormal_calibration is None:
+            raise ValueError("calibration 'both' needs the EMA text teacher and abnormal_calibration settings")
+        taught = teacher(flat_ids[index]) if index.numel() else encoded.new_zeros(0, encoded.shape[-1])
+        fn_emb = taught.new_zeros(b * a, taught.shape[-1]).index_copy(0, index, taught).reshape(b, a, -1)
+        fn = {"false_negative_scale": 1.0 / float(abnormal_calibration["temperature"]),
+              "false_negative_weight": float(abnormal_calibration["weight"]),
+              "false_negative_threshold": abnormal_calibration["threshold"]}
     anatomy_align = fvlm_loss(out.embeddings, text.reshape(b, a, -1).to(out.embeddings.dtype), valid,
                               batch["is_normal"], batch["text_group"], model.logit_scale_exp(),
-                              calibrate=calibrate, chunk_size=chunk_size)
+                              calibrate=calibration != "none", false_negative_text_emb=fn_emb,
+                              chunk_size=chunk_size, **fn)
     return {"anatomy_align": anatomy_align, "loss": anatomy_align}
 
 
@@ -113,12 +131,18 @@ class LossModule(nn.Module):
         model: a ``medvlp.models`` model.
         chunk_size: passed to the losses (``"auto"``, an int or None).
         slice_stride: RadCLIP slice subsampling.
+        pc_align: ``{positives, negated_mentions}`` (stages with PC-Align).
+        teacher: fVLM's EMA text teacher (stages with ``calibration: both``), frozen; the trainer
+            updates it after every optimiser step.
+        abnormal_calibration: its settings (``weight``, ``threshold``, ``temperature``).
     """
 
-    def __init__(self, model: nn.Module, chunk_size="auto", slice_stride: int = 1):
+    def __init__(self, model: nn.Module, chunk_size="auto", slice_stride: int = 1, *, pc_align: dict | None = None,
+                 teacher: EMATextTower | None = None, abnormal_calibration: dict | None = None):
         super().__init__()
         self.model = model
         self.chunk_size, self.slice_stride = chunk_size, slice_stride
+        self.pc_align, self.teacher, self.abnormal_calibration = pc_align, teacher, abnormal_calibration
         self.stage: StageConfig | None = None
 
     def set_stage(self, stage: StageConfig) -> None:
@@ -129,9 +153,11 @@ class LossModule(nn.Module):
         if stage is None:
             raise RuntimeError("LossModule: call set_stage() first")
         if stage.task == "image_text":
+            positives = (self.pc_align or {}).get("positives", "paper")
             return image_text_terms(self.model, batch, loss=stage.loss, pc_align_weight=stage.pc_align_weight,
-                                    chunk_size=self.chunk_size)
+                                    positives=positives, chunk_size=self.chunk_size)
         if stage.task == "volume_text":
             return volume_text_terms(self.model, batch, loss=stage.loss, slice_stride=self.slice_stride,
                                      chunk_size=self.chunk_size)
-        return anatomy_text_terms(self.model, batch, calibrate=stage.calibrate, chunk_size=self.chunk_size)
+        return anatomy_text_terms(self.model, batch, calibration=stage.calibration, teacher=self.teacher,
+                                  abnormal_calibration=self.abnormal_calibration, chunk_size=self.chunk_size)
