@@ -1,5 +1,7 @@
-# make reproduce: set up .venv, get data/ (dvc pull, else regenerate and verify), run the pipeline.
+# make reproduce: set up .venv, get data/ (dvc pull, else regenerate the synthetic corpus and verify), run the pipeline.
 # make test:      set up .venv, run the whole test suite.
+# make plots:     dvc plots show to offline HTML (dvc_plots/index.html), checked in headless Chromium.
+# make lab:       JupyterLab on notebooks/ with the .venv kernel (README: "Exploring one stage by hand").
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +9,7 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 
-.PHONY: venv data reproduce test lint bench clean-reports
+.PHONY: venv data reproduce test lint lab bench clean-reports plots
 
 venv: $(STAMP)
 
@@ -17,17 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# data/ must hash to what data.dvc records: from the DVC remote when reachable, else regenerated.
+# data/ must hash to what data.dvc records: from the DVC remote (a failed pull names the remote and DVC's error),
+# else regenerated, but only when data.dvc records the synthetic corpus; data/ is never deleted (medvlp.data.fetch).
 data: venv
-	@if [ -d data ] && medvlp verify-data data data.dvc >/dev/null 2>&1; then \
-	    echo "data/ matches data.dvc"; \
-	elif dvc pull -q data.dvc 2>/dev/null; then \
-	    echo "data/ pulled from the DVC remote"; \
-	else \
-	    echo "no DVC remote has data/: regenerating the synthetic corpus"; \
-	    rm -rf data && medvlp synth data --quiet >/dev/null && medvlp verify-data data data.dvc && \
-	    dvc commit -q -f data.dvc; \
-	fi
+	@medvlp get-data data data.dvc
 
 reproduce: data
 	dvc repro
@@ -37,6 +32,25 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check lib tests bench
+
+# every plot dvc.yaml declares, rendered by `dvc plots show` with vega inlined (no CDN), must draw in headless
+# Chromium (apt-get install chromium chromium-driver); PLOTS_DIFF="HEAD" compares revisions instead (dvc plots diff)
+PLOTS_DIFF ?=
+plots: venv
+	$(BIN)/medvlp plots --out dvc_plots --screenshot reports/figures/dvc_plots.png \
+	    $(if $(strip $(PLOTS_DIFF)),--diff $(PLOTS_DIFF))
+
+# A stage notebook run by hand ("Run All") reads its params.yaml section and writes under scratch/<notebook>/ only
+# (medvlp.notebooks.notebook_parameters). The kernel `python3` is this .venv's Python (a kernel spec in .venv that
+# JUPYTER_PATH puts before any user-wide one); notebooks/*.ipynb are saved without outputs (strip_on_save), so
+# saving one changes no DVC dependency.
+LAB_PORT ?= 8888
+lab: venv
+	@$(BIN)/python -m ipykernel install --prefix $(abspath $(VENV)) --name python3 \
+	    --display-name "Python 3 (medvlp .venv)" >/dev/null
+	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(BIN)/jupyter lab --port=$(LAB_PORT) \
+	    --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
+	    --ContentsManager.pre_save_hook=medvlp.notebooks.strip_on_save
 
 # benchmarks: each prints ratios against a named baseline (results: bench/RESULTS.md); the last two need `dvc repro curate`
 # by hand: bench/compute_scaling.py (over an hour on 2 cores with its defaults; needs curate) and bench/gpu_checks.sh (a CUDA GPU)

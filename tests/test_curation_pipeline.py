@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from medvlp.curate import CorpusError, iter_shard_samples, list_shards, run_curation
 from medvlp.curate.curation_report import counts_table, rejects_table, scores_table, splits_table
 from medvlp.data.io import read_image, read_volume, write_dicom_series
+from medvlp.params import load_params, stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 AFFINE = np.diag([4.0, 4.0, 5.0, 1.0])
@@ -185,10 +186,15 @@ def corpus(tmp_path_factory) -> Path:
     return make_corpus(tmp_path_factory.mktemp("corpus") / "data")
 
 
+def curate_params(corpus: Path, out: Path, **kw) -> dict:
+    """params.yaml's ``curate`` section, reading ``corpus`` and writing under ``out``, with ``kw`` over it."""
+    params = stage_params(load_params(REPO / "params.yaml"), "curate")
+    return {**params, "data_dir": str(corpus), "out_dir": str(out / "curated"),
+            "metrics_path": str(out / "metrics" / "curation.json"), "figures_dir": str(out / "figures"), **kw}
+
+
 def _run(corpus: Path, out: Path, **kw) -> dict:
-    return run_curation(data_dir=corpus, out_dir=out / "curated",
-                        metrics_path=out / "metrics" / "curation.json", figures_dir=out / "figures",
-                        progress=False, **kw)
+    return run_curation(**curate_params(corpus, out, **kw), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -375,12 +381,30 @@ def test_strict_mode_names_first_bad_record(corpus, tmp_path):
 def test_notebook_runs_with_papermill(corpus, tmp_path):
     from medvlp.notebooks import run_notebook
 
-    params = {"data_dir": str(corpus), "out_dir": str(tmp_path / "curated"),
-              "metrics_path": str(tmp_path / "metrics" / "curation.json"),
-              "figures_dir": str(tmp_path / "figures")}
+    params = curate_params(corpus, tmp_path)
     executed = run_notebook(REPO / "notebooks" / "01_curate.ipynb", tmp_path / "01_curate.ipynb", params,
                             cwd=tmp_path, progress=False)
     report = json.loads((tmp_path / "metrics" / "curation.json").read_text())
     assert report["figures"]["kept"] + report["ct"]["kept"] > 0
     text = executed.read_text()
     assert "image/png" in text and "dedup recall" in text
+
+
+def test_a_missing_parameter_is_named_with_its_section(corpus, tmp_path):
+    """params.yaml is the only home of the stage's parameters: no default stands in for a missing one."""
+    from medvlp.cli import main
+    from medvlp.stage_args import MissingParamsError
+
+    params = curate_params(corpus, tmp_path)
+    del params["phash_max_distance"], params["split"]
+    with pytest.raises(MissingParamsError, match=r"run_curation: missing \['phash_max_distance', 'split'\] of "
+                                                 r"params.yaml section 'curate'"):
+        run_curation(**params, progress=False)
+    with pytest.raises(TypeError, match="takes 0 positional arguments"):  # keyword-only: none by position
+        run_curation(corpus, tmp_path, **{k: v for k, v in curate_params(corpus, tmp_path).items()
+                                          if k not in ("data_dir", "out_dir")})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(json.dumps({"curate": params}))  # JSON is YAML
+    with pytest.raises(SystemExit, match=rf"{params_file}: run_curation: missing \['phash_max_distance', 'split'\]"):
+        main(["curate", "--params", str(params_file)])
+    assert not (tmp_path / "curated").exists()  # nothing written

@@ -38,8 +38,11 @@ def _zero_shot_params(**overrides) -> dict:
 
 
 def _curate(data, out, tmp_path, split=SPLIT, **lexicons) -> dict:
-    return run_curation(data, out, metrics_path=tmp_path / "curation.json", figures_dir=tmp_path / "figs",
-                        split=split, shard_max_samples=4, progress=False, **lexicons)
+    """The curate stage with params.yaml's ``curate`` section, on ``data`` into ``out``, in small shards."""
+    params = {**stage_params(load_params(REPO / "params.yaml"), "curate"), "data_dir": str(data), "out_dir": str(out),
+              "metrics_path": str(tmp_path / "curation.json"), "figures_dir": str(tmp_path / "figs"),
+              "split": split, "shard_max_samples": 4, **lexicons}
+    return run_curation(**params, progress=False)
 
 
 def _assert_finite_run(result, n_steps: int, terms: list[str]) -> None:

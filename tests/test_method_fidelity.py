@@ -264,6 +264,7 @@ def test_text_lr_scale_gives_the_text_tower_its_own_learning_rate():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     scheduler = build_scheduler(opt, warmup_steps=4, total_steps=10)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([2.5e-4, 2.5e-5, 2.5e-4, 2.5e-5])
+    opt.step()  # (no gradients: a no-op, in the order torch expects before scheduler.step)
     scheduler.step()
     assert by_name["decay@text"]["lr"] == pytest.approx(0.1 * by_name["decay"]["lr"])
     plain = build_optimizer(model, lr=1e-3, lr_scales={"text": 1.0})

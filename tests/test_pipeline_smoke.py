@@ -2,65 +2,13 @@
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
-from medvlp.data.synthetic import generate_corpus
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}"
-    return out.stdout + out.stderr
-
-
-TINY_2D = {
-    "embed_dim": 32,
-    "vision_cfg": {"medvlp_conv": True, "image_size": 32, "channels": [8, 16], "blocks": 1},
-    "text_cfg": {"hf_model_name": "reports/text_encoder", "context_length": 64, "hf_proj_type": "linear"},
-}
-TINY_TEXT = {"vocab_size": 400, "context_length": 64, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
-             "intermediate_size": 64, "steps": 4, "concept_steps": 4, "batch_size": 16, "warmup_steps": 1,
-             "val_every": 2}
-TINY_3D = {"img_size": [32, 32, 16], "patch_size": [8, 8, 8], "hidden_size": 32, "mlp_dim": 64, "num_layers": 2,
-           "num_heads": 2}
-TINY_CONV3D = {"img_size": [32, 32, 16], "channels": [4, 8, 16]}
-
-
-def tiny_params(params: dict) -> dict:
-    """The repository's params.yaml shrunk to seconds: tiny towers, 2 steps per stage, 20 bootstrap samples."""
-    pre = params["pretrain"]
-    pre["common"].update(architecture={**pre["common"]["architecture"], "clip_model": TINY_2D}, global_batch_size=4,
-                         val_every=2, val_max_samples=8, checkpoint_every=2, num_workers=0,
-                         volume={**pre["common"]["volume"], "spatial_size": [32, 32, 16]})
-    for name, entry in pre["models"].items():
-        entry["stages"] = [{"steps": 2} for _ in entry["stages"]]
-        entry.pop("global_batch_size", None)
-        if name.startswith(("fvlm", "ct_clip")):
-            # the tower params.yaml picks (volume_tower), shrunk
-            entry["architecture"] = {**entry.get("architecture", {}), "clip_model": TINY_2D, "vit3d": TINY_3D,
-                                     "conv3d": TINY_CONV3D}
-            if name.startswith("fvlm"):
-                entry["architecture"]["pool_heads"] = 2
-        if name.startswith("radclip"):
-            entry["architecture"] = {"clip_model": TINY_2D, "max_slices": 16, "slice_heads": 2}
-    params["pretrain_text"].update(TINY_TEXT)
-    params["zero_shot"]["n_boot"] = params["explain"]["n_boot"] = 20
-    params["zero_shot"]["probe_fractions"] = [0.5, 1.0]
-    params["explain"]["n_examples"] = 2
-    return params
-
+from tiny_project import DVC, run_in
 
 #: The documented top-level keys of zero_shot.json (medvlp.eval.stage) and of one claim (claim_row).
 ZERO_SHOT_KEYS = {"split", "n_boot", "seed", "seeds", "figures", "ct", "ablations", "claims", "n_inconclusive",
@@ -85,24 +33,9 @@ def _truth_mask_pairs(work: Path) -> int:
 
 
 @pytest.mark.slow
-def test_dvc_repro_twice_on_tiny_corpus(tmp_path):
-    work = tmp_path / "repo"
-    work.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, work / name)
-    params = tiny_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for folder in ("notebooks", "lib"):
-        shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    generate_corpus(work / "data", n_figures=120, n_studies=40, progress=False)
-
-    dvc = [sys.executable, "-m", "dvc"]
-    _run(["git", "init", "-q"], work)
-    _run([*dvc, "init", "-q"], work)
-    _run([*dvc, "config", "core.analytics", "false"], work)
-    _run([*dvc, "add", "-q", "data"], work)
-    _run([*dvc, "repro"], work)
-
+def test_dvc_repro_twice_on_tiny_corpus(tiny_project):
+    work = tiny_project
+    params = yaml.safe_load((work / "params.yaml").read_text())
     stages = yaml.safe_load((work / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
         for out in stage.get("outs", []):
@@ -151,6 +84,6 @@ def test_dvc_repro_twice_on_tiny_corpus(tmp_path):
     assert report["extraction"]["f1"] >= 0.95
     assert report["anatomy_assignment"]["accuracy"] >= 0.95
 
-    second = _run([*dvc, "repro"], work)
+    second = run_in([*DVC, "repro"], work)
     assert "Running stage" not in second, second
-    assert "up to date" in _run([*dvc, "status"], work)
+    assert "up to date" in run_in([*DVC, "status"], work)

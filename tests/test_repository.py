@@ -98,11 +98,13 @@ def test_dir_hash_matches_dvc_add(tmp_path):
 
 @pytest.mark.slow
 def test_regenerated_corpus_matches_data_dvc(tmp_path):
-    """The full default corpus regenerated here is byte-identical to the one data.dvc records."""
-    from medvlp.data.synthetic import generate_corpus
+    """The full default corpus regenerated here is byte-identical to the one data.dvc records, and its hash is
+    the SYNTHETIC_CORPUS_MD5 that ``make data`` compares data.dvc with before regenerating."""
+    from medvlp.data.synthetic import SYNTHETIC_CORPUS_MD5, generate_corpus
 
     summary = generate_corpus(tmp_path / "data", progress=False)
     assert summary["n_figures"] >= 4000 and summary["n_studies"] >= 600
+    assert dvc_dir_hash(tmp_path / "data") == SYNTHETIC_CORPUS_MD5
     assert dvc_dir_hash(tmp_path / "data") == dvc_file_hash(REPO / "data.dvc")
     size = sum(p.stat().st_size for p in (tmp_path / "data").rglob("*") if p.is_file())
     assert size <= 300 * 2**20, f"corpus is {size / 2**20:.0f} MiB, over the 300 MiB budget"

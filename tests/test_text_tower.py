@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from test_train_fixtures import write_text_encoder
 
 from medvlp.models import WordPieceTokenizer, build_model, load_model, save_model, tokenize_with_concepts
 from medvlp.models.tokenizers import local_hf_path
+from medvlp.params import load_params, stage_params
 from medvlp.train.runlog import read_csv
 from medvlp.train.text_encoder import caption_concepts, pretrain_text_encoder, training_texts
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,31 @@ def _curated_text(root, figures, ct):
     return root
 
 
+def tiny_text_params(curated, out) -> dict:
+    """params.yaml's ``pretrain_text`` section on ``curated``, writing under ``out``, shrunk to a second."""
+    params = stage_params(load_params(REPO / "params.yaml"), "pretrain_text")
+    return {**params, "curated_dir": str(curated), "out_dir": str(out / "enc"), "metrics_path": str(out / "m.json"),
+            "seed": 0, "vocab_size": 300, "context_length": 32, "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+            "intermediate_size": 32, "steps": 3, "batch_size": 8, "lr": 1e-3, "warmup_steps": 1, "concept_steps": 3,
+            "concept_lr": 1e-3, "holdout_fraction": 0.1, "val_every": 2}
+
+
+def test_pretrain_text_without_a_parameter_names_it_and_its_section(tmp_path):
+    from medvlp.cli import main
+    from medvlp.stage_args import MissingParamsError
+
+    params = tiny_text_params(tmp_path / "nothing", tmp_path)
+    del params["mlm_probability"]
+    with pytest.raises(MissingParamsError, match=r"pretrain_text_encoder: missing \['mlm_probability'\] of "
+                                                 r"params.yaml section 'pretrain_text'"):
+        pretrain_text_encoder(**params, progress=False)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"pretrain_text": params}))
+    with pytest.raises(SystemExit, match=r"params.yaml: pretrain_text_encoder: missing \['mlm_probability'\]"):
+        main(["pretrain-text", "--params", str(params_file)])
+    assert not (tmp_path / "enc").exists()
+
+
 def test_pretrain_text_reads_the_train_split_only(tmp_path):
     train_words = ["effusion", "nodule", "cardiomegaly", "fracture", "atelectasis"]
     figures = [{"caption": f"Chest image with {w} number {i}.", "split": "train",
@@ -115,11 +146,7 @@ def test_pretrain_text_reads_the_train_split_only(tmp_path):
     curated = _curated_text(tmp_path / "curated", figures, ct)
     texts = training_texts(curated, "train")
     assert len(texts) == 40 + 3 and "The lungs show atelectasis." in texts
-    metrics = pretrain_text_encoder(
-        curated_dir=str(curated), out_dir=str(tmp_path / "enc"), metrics_path=str(tmp_path / "m.json"), seed=0,
-        vocab_size=300, context_length=32, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-        steps=3, batch_size=8, lr=1e-3, weight_decay=0.01, warmup_steps=1, mlm_probability=0.15, concept_steps=3,
-        concept_lr=1e-3, holdout_fraction=0.1, val_every=2, progress=False)
+    metrics = pretrain_text_encoder(**tiny_text_params(curated, tmp_path), progress=False)
     vocab = WordPieceTokenizer(str(tmp_path / "enc")).inner.get_vocab()
     assert "effusion" in vocab and "atelectasis" in vocab
     assert not any("sentinel" in piece or piece.startswith(("zz", "qq")) for piece in vocab)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -29,7 +30,7 @@ def test_unknown_model_lists_the_known_ones(curated, tmp_path):
 def test_variant_entry_names_a_recipe(curated):
     cfg = TrainConfig.from_params({**tiny_params("clip", curated), "model": "clip_big", "recipe": "siglip"})
     assert cfg.model == "clip_big" and cfg.preset == "siglip" and cfg.stages[0].loss == "sigmoid"
-    assert cfg.out_dir == "reports/pretrain/clip_big"
+    assert cfg.out_dir == "reports/pretrain/clip_big-s3"  # params.yaml's out_dir pattern, the tiny seed
 
 
 def test_missing_shard_directory_says_run_curate(tmp_path):
@@ -76,3 +77,58 @@ def test_cli_trains_from_params_yaml(curated, tmp_path, capsys):
     assert run_info["params"]["optimizer"]["lr"] == 5e-4
     with pytest.raises(KeyError, match="no entry 'clipp'"):
         main(["--params", str(params_file), "--model", "clipp"])
+
+
+def test_every_key_of_pretrain_common_is_required(curated):
+    """params.yaml's pretrain.common is the only home of a run's settings: TrainConfig has no default that could
+    disagree with it, and requires exactly the keys it sets (``recipe`` is the one optional key)."""
+    from dataclasses import MISSING, fields
+
+    from test_train_fixtures import repo_params
+
+    from medvlp.train.config import BLOCK_KEYS, COMMON_KEYS
+
+    common = repo_params()["pretrain"]["common"]
+    assert sorted(COMMON_KEYS) == sorted(common)
+    assert [f.name for f in fields(TrainConfig) if f.default is not MISSING or f.default_factory is not MISSING] == []
+    for block, keys in BLOCK_KEYS.items():
+        assert sorted(keys) == sorted(common[block]), block
+
+
+@pytest.mark.parametrize(("drop", "section", "missing"), [
+    (("optimizer", "device"), "pretrain.common", "['device', 'optimizer']"),
+    (("pc_align",), "pretrain.common", "['pc_align']"),
+    (("optimizer.lr", "optimizer.text_lr_scale"), "pretrain.common.optimizer", "['lr', 'text_lr_scale']"),
+    (("volume.spatial_size",), "pretrain.common.volume", "['spatial_size']"),
+    (("image_augment.hflip_prob",), "pretrain.common.image_augment", "['hflip_prob']"),
+])
+def test_a_missing_setting_is_named_with_its_section(curated, tmp_path, capsys, drop, section, missing):
+    from medvlp.stage_args import MissingParamsError
+
+    params = tiny_params("clip", curated, steps=1)
+    for key in drop:
+        block, _, inner = key.partition(".")
+        del (params[block] if inner else params)[inner or block]
+    message = rf"pretrain params of 'clip': missing {re.escape(missing)} of params.yaml section '{section}'"
+    with pytest.raises(MissingParamsError, match=message) as err:
+        TrainConfig.from_params(params)
+    assert isinstance(err.value, ValueError)
+    with pytest.raises(ValueError, match=message):
+        train(params, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    params.pop("model")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"pretrain": {"common": params, "models": {"clip": {}}}}))
+    with pytest.raises(SystemExit, match=rf"{re.escape(str(params_file))}: {message}"):
+        main(["--params", str(params_file), "--model", "clip", "--out-dir", str(tmp_path / "run"), "--no-progress"])
+
+
+def test_notebook_namespace_keeps_null_settings(curated):
+    """Papermill injects ``init_from = None``; a null setting is a value, not a missing key."""
+    params = tiny_params("clip", curated)
+    namespace = {**params, "In": [], "json": json, "unrelated": 1}
+    assert TrainConfig.from_namespace(namespace) == TrainConfig.from_params(params)
+    assert params["init_from"] is None and params["init_open_clip"] is None
+    namespace.pop("init_from")
+    with pytest.raises(ValueError, match=r"missing \['init_from'\] of params.yaml section 'pretrain.common'"):
+        TrainConfig.from_namespace(namespace)

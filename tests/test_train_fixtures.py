@@ -14,6 +14,7 @@ import numpy as np
 from medvlp.curate.shards import encode_png, json_bytes, shard_dir, write_shards
 from medvlp.data.io import nifti_gz_bytes
 from medvlp.lexicon import load_anatomy_lexicon
+from medvlp.params import deep_merge, load_params, stage_params
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -90,20 +91,37 @@ def write_curated(root: Path, n_figures=(24, 8), n_studies=(12, 4), shard_size: 
     return root
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+#: What the tiny runs change in the repository's ``pretrain.common`` (params.yaml): a few seconds on a CPU, in
+#: this process, bit-identical reruns. The towers are trained from scratch here, so the text tower learns at
+#: the full rate (``text_lr_scale`` 1; params.yaml slows a pretrained BERT down).
+TINY_COMMON = {
+    "global_batch_size": 4, "seed": 3, "deterministic": True, "num_workers": 0, "val_every": 2,
+    "val_max_samples": 8, "checkpoint_every": 2, "shuffle_buffer": 5,
+    "optimizer": {"lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1, "text_lr_scale": 1.0},
+    "volume": {"spatial_size": [32, 32, 16]},
+    "abnormal_calibration": {"ema_momentum": 0.9},
+}
+
+
+def repo_params() -> dict:
+    """The repository's params.yaml."""
+    return load_params(REPO / "params.yaml")
+
+
 def tiny_params(model: str, curated: Path, steps: int = 2, **overrides) -> dict:
-    """Flat pretrain params of ``model`` with the tiny architecture, sized for a few seconds."""
+    """Flat pretrain params of ``model`` with the tiny architecture, sized for a few seconds: the repository's
+    ``pretrain.common`` (so that every key it sets is here, with its value unless shrunk) with
+    :data:`TINY_COMMON` merged over it, the tiny architecture of ``ARCH`` in place of the pipeline's, and
+    ``overrides`` (flat keys; a block given there replaces the block)."""
     stages = [{"steps": steps}, {"steps": steps}] if model in TWO_STAGES else [{"steps": steps}]
     if model.startswith("radclip"):
         stages[0]["freeze"] = []
-    params = {
-        "model": model, "architecture": copy.deepcopy(ARCH[model]), "curated_dir": str(curated),
-        "global_batch_size": 4, "stages": stages, "seed": 3, "deterministic": True, "val_every": 2,
-        "val_max_samples": 8, "checkpoint_every": 2, "shuffle_buffer": 5,
-        "optimizer": {"lr": 1e-3, "warmup_steps": 1, "weight_decay": 0.1},
-        "volume": {"spatial_size": [32, 32, 16]},
-        "pc_align": {"positives": "paper", "negated_mentions": "keep"},
-        "abnormal_calibration": {"ema_momentum": 0.9, "weight": 1.0, "threshold": None, "temperature": 0.07},
-    }
+    common = stage_params(repo_params(), "pretrain")["common"]
+    params = deep_merge(common, TINY_COMMON)
+    params.update({"model": model, "architecture": copy.deepcopy(ARCH[model]), "curated_dir": str(curated),
+                   "stages": stages})
     params.update(overrides)
     return params
 

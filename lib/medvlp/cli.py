@@ -2,6 +2,7 @@
 
     medvlp synth data/                      write the deterministic synthetic corpus
     medvlp verify-data data/ data.dvc       check data/ against the hash recorded by DVC
+    medvlp get-data                         make data/ match data.dvc: dvc pull, else regenerate (`make data`)
     medvlp curate --params params.yaml      run the curation stage without a notebook
     medvlp pretrain-text --params params.yaml   run the text-encoder stage without a notebook
     medvlp ingest KIND SRC DST [...]        convert a public dataset into data/ (medvlp.data.ingest)
@@ -42,35 +43,54 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_section(fn, params_file: Path, section: str):
+    """``fn(**<section of params_file>)``; a key missing from the section exits naming the file, keys and
+    section (every parameter is set in the params file: the stage functions have no defaults)."""
+    from medvlp.params import load_params, stage_params
+    from medvlp.stage_args import MissingParamsError
+
+    try:
+        return fn(**stage_params(load_params(params_file), section))
+    except MissingParamsError as err:
+        raise SystemExit(f"{params_file}: {err}") from err
+
+
+def _cmd_get_data(args: argparse.Namespace) -> int:
+    from medvlp.data.fetch import DataError, get_data
+
+    try:
+        get_data(args.root, args.data, args.dvc_file)
+    except DataError as e:
+        print(f"make data: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_curate(args: argparse.Namespace) -> int:
     from medvlp.curate.pipeline import run_curation
-    from medvlp.params import load_params, stage_params
 
-    report = run_curation(**stage_params(load_params(args.params), "curate"))
+    report = _run_section(run_curation, args.params, "curate")
     print(json.dumps({k: report[k] for k in ("extraction", "anatomy_assignment") if k in report}, indent=2))
     return 0
 
 
 def _cmd_pretrain_text(args: argparse.Namespace) -> int:
-    from medvlp.params import load_params, stage_params
     from medvlp.train.text_encoder import pretrain_text_encoder
 
-    metrics = pretrain_text_encoder(**stage_params(load_params(args.params), "pretrain_text"))
+    metrics = _run_section(pretrain_text_encoder, args.params, "pretrain_text")
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def _cmd_notebook(args: argparse.Namespace) -> int:
-    from medvlp.notebooks import run_notebook
-    from medvlp.params import load_params, stage_params
+    from medvlp.notebooks import run_notebook, stage_notebook_params
+    from medvlp.params import load_params
 
     everything = load_params(args.params)
-    params = stage_params(everything, args.section, args.item)
     for name in args.extra:
         if name not in everything:
             raise SystemExit(f"--extra {name}: params file {args.params} has no section {name!r}")
-        params[name] = everything[name]
-    run_notebook(args.source, args.output, params)
+    run_notebook(args.source, args.output, stage_notebook_params(everything, args.section, args.item, args.extra))
     return 0
 
 
@@ -105,6 +125,12 @@ def _cmd_strip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plots(args: argparse.Namespace) -> int:
+    from medvlp.dvc_plots import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medvlp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dvc_file", type=Path, nargs="?", default=Path("data.dvc"))
     p.set_defaults(func=_cmd_verify)
 
+    p = sub.add_parser("get-data", help="make data/ match data.dvc (dvc pull, else regenerate the synthetic corpus "
+                       "if data.dvc records it); never deletes data/")
+    p.add_argument("data", nargs="?", default="data")
+    p.add_argument("dvc_file", nargs="?", default="data.dvc")
+    p.add_argument("--root", type=Path, default=Path("."), help="the repository (default: the current folder)")
+    p.set_defaults(func=_cmd_get_data)
+
     p = sub.add_parser("curate", help="run the curation stage from params.yaml")
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.set_defaults(func=_cmd_curate)
@@ -139,15 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = configure_ingest(sub.add_parser("ingest", help="convert a public dataset into the source-corpus format"))
     p.set_defaults(func=run_ingest)
 
-    p = sub.add_parser("notebook", help="execute a stage notebook with papermill")
-    p.add_argument("source", type=Path)
-    p.add_argument("output", type=Path)
-    p.add_argument("--section", required=True, help="params.yaml section (the DVC stage name)")
-    p.add_argument("--item", default=None,
-                   help="foreach item: the model, or the run <model>-s<seed> of a pretrain@<model>-s<seed> stage")
-    p.add_argument("--extra", action="append", default=[], metavar="SECTION",
-                   help="also pass another params.yaml section whole, as a parameter of that name (e.g. seeds)")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    from medvlp.notebooks import add_notebook_arguments
+
+    p = add_notebook_arguments(sub.add_parser("notebook", help="execute a stage notebook with papermill"))
     p.set_defaults(func=_cmd_notebook)
 
     p = sub.add_parser("update-readme", help="regenerate README.md's results block from reports/metrics")
@@ -164,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("strip-notebooks", help="remove outputs from source notebooks")
     p.add_argument("notebooks", nargs="+", type=Path)
     p.set_defaults(func=_cmd_strip)
+
+    p = sub.add_parser("plots", help="dvc plots show (or diff) to offline HTML; check in headless Chromium that "
+                                     "every declared plot drew")
+    p.add_argument("--repo", type=Path, default=Path("."))
+    p.add_argument("--out", type=Path, default=Path("dvc_plots"), help="folder for index.html")
+    p.add_argument("--screenshot", type=Path, default=None, help="PNG of the rendered page")
+    p.add_argument("--diff", nargs="*", default=None, metavar="REV",
+                   help="dvc plots diff these revisions (none: workspace against HEAD) instead of show")
+    p.set_defaults(func=_cmd_plots)
     return parser
 
 

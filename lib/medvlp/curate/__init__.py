@@ -1,4 +1,4 @@
-"""Curation (DESIGN.md stage 1): validate the source corpus, process its text, split, de-duplicate, shard.
+"""Curation (docs/architecture.md): validate the source corpus, process its text, split, de-duplicate, shard.
 
 Entry point: :func:`run_curation` (what ``notebooks/01_curate.ipynb`` and ``medvlp curate`` call).
 

@@ -27,23 +27,13 @@ from medvlp.curate.report_decomposition import ReportDecomposition
 from medvlp.curate.split import SPLIT_NAMES
 from medvlp.curate.text_metrics import score_compound_split, score_mentions, score_sentence_assignment
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
+from medvlp.metrics_json import write_metrics
 
-__all__ = ["counts_table", "ct_section", "figures_section", "read_truth", "rejects_table", "round_floats",
+__all__ = ["counts_table", "ct_section", "figures_section", "read_truth", "rejects_table",
            "scores_table", "splits_table", "summarise", "write_report"]
 
 FIGURES_TRUTH = "figures_truth.jsonl"
 CT_TRUTH = "ct_truth.jsonl"
-
-
-def round_floats(obj, ndigits: int = 4):
-    """``obj`` with every float rounded to ``ndigits`` (dicts, lists and tuples walked)."""
-    if isinstance(obj, float):
-        return round(obj, ndigits)
-    if isinstance(obj, Mapping):
-        return {k: round_floats(v, ndigits) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [round_floats(v, ndigits) for v in obj]
-    return obj
 
 
 def read_truth(path: str | Path) -> dict[str, dict] | None:
@@ -200,10 +190,7 @@ def summarise(report: dict) -> dict:
 
 def write_report(report: dict, path: str | Path) -> Path:
     """Write ``report`` as indented JSON (floats rounded) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(round_floats(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return write_metrics(path, report, sort_keys=False)
 
 
 # ------------------------------------------------------------------------------------ report tables

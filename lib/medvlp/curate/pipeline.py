@@ -1,4 +1,4 @@
-"""The curation stage (DESIGN.md stage 1): source corpus in ``data/`` -> curated manifests, shards, report.
+"""The curation stage (docs/architecture.md): source corpus in ``data/`` -> curated manifests, shards, report.
 
 :func:`run_curation` does, for each collection:
 
@@ -73,7 +73,6 @@ from medvlp.curate.curation_report import (
     ct_section,
     figures_section,
     read_truth,
-    round_floats,
     summarise,
     write_report,
 )
@@ -91,10 +90,10 @@ from medvlp.curate.shards import encode_png, json_bytes, shard_dir, write_shards
 from medvlp.curate.split import SPLIT_NAMES, assign_splits, validate_fractions
 from medvlp.data.io import nifti_gz_bytes, read_image, read_volume
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon, load_anatomy_lexicon, load_concept_lexicon
+from medvlp.metrics_json import round_floats
+from medvlp.stage_args import stage_function
 
-__all__ = ["CT_SCHEMA", "DEFAULT_SPLIT", "FIGURES_SCHEMA", "run_curation"]
-
-DEFAULT_SPLIT = {"train": 0.75, "val": 0.05, "test": 0.2}
+__all__ = ["CT_SCHEMA", "FIGURES_SCHEMA", "run_curation"]
 
 _SPAN = pa.struct([("concept_id", pa.string()), ("start_char", pa.int32()), ("end_char", pa.int32()),
                    ("source", pa.string()), ("negated", pa.bool_())])
@@ -288,14 +287,15 @@ def _absent(manifest: Path) -> dict:
     return {"present": False, "manifest": str(manifest)}
 
 
-def run_curation(data_dir: str | Path = "data", out_dir: str | Path = "reports/curated",
-                 metrics_path: str | Path = "reports/metrics/curation.json",
-                 figures_dir: str | Path = "reports/figures/curate", strict: bool = False, seed: int = 0,
-                 split: Mapping[str, float] | None = None, phash_max_distance: int = 6,
-                 shard_max_samples: int = 1000, max_examples_per_reason: int = 5,
-                 concept_lexicon: str | Path | None = None, anatomy_lexicon: str | Path | None = None,
-                 progress: bool = True) -> dict:
+@stage_function("curate")
+def run_curation(*, data_dir: str | Path, out_dir: str | Path, metrics_path: str | Path, figures_dir: str | Path,
+                 strict: bool, seed: int, split: Mapping[str, float], phash_max_distance: int,
+                 shard_max_samples: int, max_examples_per_reason: int, concept_lexicon: str | Path | None,
+                 anatomy_lexicon: str | Path | None, progress: bool = True) -> dict:
     """Run the curation stage; returns the report dict (also written to ``metrics_path``).
+
+    Every argument but ``progress`` is a key of params.yaml's ``curate`` section, and has no default here: a
+    call without one raises :class:`~medvlp.stage_args.MissingParamsError` naming it.
 
     Args:
         data_dir: the source corpus (``figures/manifest.jsonl``, ``ct/manifest.jsonl``).
@@ -304,7 +304,7 @@ def run_curation(data_dir: str | Path = "data", out_dir: str | Path = "reports/c
         figures_dir: the report's PNG figures.
         strict: raise :class:`~medvlp.curate.records.CorpusError` at the first bad record.
         seed: split hash seed.
-        split: group fractions ``{"train", "val", "test"}`` (default 0.75 / 0.05 / 0.2).
+        split: group fractions ``{"train", "val", "test"}``.
         phash_max_distance: Hamming distance (bits of 64) at or under which figures are duplicates.
         shard_max_samples: samples per tar shard at most.
         max_examples_per_reason: messages kept per reject reason in the report.
@@ -312,7 +312,7 @@ def run_curation(data_dir: str | Path = "data", out_dir: str | Path = "reports/c
         progress: tqdm progress bars.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    fractions = validate_fractions(split if split is not None else DEFAULT_SPLIT)
+    fractions = validate_fractions(split)
     concept_lex = load_concept_lexicon(str(concept_lexicon) if concept_lexicon else None)
     anatomy_lex = load_anatomy_lexicon(str(anatomy_lexicon) if anatomy_lexicon else None)
     fig_root, ct_root = data_dir / "figures", data_dir / "ct"

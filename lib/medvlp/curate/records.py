@@ -13,7 +13,9 @@ reason                         when
 ``invalid_field``              a field has the wrong type, or an id unusable as a shard key
                                (empty, or containing ``.``, ``/``, ``\\`` or whitespace)
 ``duplicate_id``               an earlier line already used the id (the later line is rejected)
-``path_escapes_corpus``        a path is absolute or leaves the collection folder after normalisation
+``path_escapes_corpus``        a path is absolute or leaves the collection folder after normalisation,
+                               or its file is a symlink (or under one) that resolves outside the
+                               collection folder and outside the DVC cache of the repository holding it
 ``empty_caption``              (figures) the caption is empty or whitespace
 ``empty_report``               (CT) both findings and impression are empty or whitespace
 ``missing_file``               the image / volume / segmentation does not exist
@@ -25,12 +27,15 @@ reason                         when
 
 Messages name the manifest and line (``data/figures/manifest.jsonl line 41: image 'images/x.png' not
 found``). With ``strict=True`` the first bad record raises :class:`CorpusError` with that message.
-Paths are checked lexically (not resolved), so a DVC cache symlink inside the corpus is fine.
+Paths are checked lexically first, then resolved: a link whose target lies outside the collection folder
+is read only when it points into the repository's DVC cache (where ``dvc checkout`` with ``cache.type: symlink``
+links; see :class:`LinkRoots`), so a stray link to a private file is never read into the corpus.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -45,7 +50,9 @@ __all__ = [
     "CTRecord",
     "CorpusError",
     "FigureRecord",
+    "LinkRoots",
     "RejectLog",
+    "dvc_cache_dirs",
     "load_ct_records",
     "load_figure_records",
 ]
@@ -185,7 +192,7 @@ def relative_path(rel: str, what: str, *, escape_reason: str = "path_escapes_cor
                   folder: str = "the collection folder", hint: str = "use a path relative to the manifest's folder"
                   ) -> str:
     """``rel`` normalised (``/`` separators) if it is relative and stays inside its folder, checked
-    lexically (a symlink inside the folder is fine); else :class:`BadRecord` with ``escape_reason``
+    lexically (curation then resolves links: :class:`LinkRoots`); else :class:`BadRecord` with ``escape_reason``
     (absolute or leaving ``folder``) or ``invalid_field`` (empty, or the folder itself)."""
     if not rel.strip():
         raise BadRecord("invalid_field", f"{what} path is empty")
@@ -199,6 +206,78 @@ def relative_path(rel: str, what: str, *, escape_reason: str = "path_escapes_cor
     return norm
 
 
+def dvc_cache_dirs(folder: str | Path) -> tuple[Path, ...]:
+    """The DVC cache folder(s) of the repository holding ``folder`` (resolved; ``()`` outside a DVC repo).
+
+    Walks up from ``folder`` (as given, made absolute, and also resolved) to the first directory with a
+    ``.dvc`` folder: its ``.dvc/cache``, and the ``cache.dir`` its DVC config sets, if any.
+    """
+    absolute = Path(os.path.abspath(folder))
+    found: list[Path] = []
+    for start in dict.fromkeys((absolute, absolute.resolve())):
+        for parent in (start, *start.parents):
+            dvc_dir = parent / ".dvc"
+            if dvc_dir.is_dir():
+                found.append(dvc_dir / "cache")
+                configured = _configured_cache_dir(dvc_dir)
+                if configured is not None:
+                    found.append(Path(configured))
+                break
+    return tuple(dict.fromkeys(p.resolve() for p in found))
+
+
+def _configured_cache_dir(dvc_dir: Path) -> str | None:
+    try:
+        from dvc.config import Config
+
+        return Config(dvc_dir=os.fspath(dvc_dir), validate=False)["cache"].get("dir")
+    except Exception:  # an unreadable config: the default .dvc/cache still applies
+        return None
+
+
+@dataclass(frozen=True)
+class LinkRoots:
+    """Where a corpus file may really be once symlinks are resolved: inside the collection folder, or inside
+    the DVC cache of the repository holding it (:func:`dvc_cache_dirs`). Hard links are files of their own
+    folder and need no check."""
+
+    folders: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, collection_dir: str | Path) -> LinkRoots:
+        return cls((Path(collection_dir).resolve(), *dvc_cache_dirs(collection_dir)))
+
+    def outside(self, path: Path) -> Path | None:
+        """``path`` resolved, if that lies outside every root; else ``None`` (also for a link loop, which the
+        existence check then reports as ``missing_file``)."""
+        try:
+            target = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13)
+            return None
+        return None if any(target.is_relative_to(folder) for folder in self.folders) else target
+
+    def check(self, path: Path, what: str, original: str) -> None:
+        """Raise :class:`BadRecord` ``path_escapes_corpus`` if ``path`` resolves outside every root."""
+        target = self.outside(path)
+        if target is not None:
+            raise BadRecord("path_escapes_corpus", f"{what} {original!r} is a link to {str(target)!r}, "
+                                                   f"{_OUTSIDE}")
+
+    def check_tree(self, folder: Path, what: str, original: str) -> None:
+        """:meth:`check` every file and folder below ``folder`` (a DICOM series is read file by file)."""
+        for parent, dirs, files in os.walk(folder):
+            for name in (*dirs, *files):
+                entry = Path(parent) / name
+                target = self.outside(entry)
+                if target is not None:
+                    inner = entry.relative_to(folder).as_posix()
+                    raise BadRecord("path_escapes_corpus", f"{what} {original!r} holds {inner!r}, a link to "
+                                                           f"{str(target)!r}, {_OUTSIDE}")
+
+
+_OUTSIDE = "outside the collection folder and the repository's DVC cache"
+
+
 def _exists(kind: str, root: Path, rel: str, original: str, folder_ok: bool = False) -> Path:
     path = root / rel
     if not (path.is_file() or (folder_ok and path.is_dir())):
@@ -207,7 +286,7 @@ def _exists(kind: str, root: Path, rel: str, original: str, folder_ok: bool = Fa
 
 
 def _validate_figure(obj: dict, root: Path, seen: dict[str, int],
-                     on_image: Callable[[str, np.ndarray], None] | None) -> FigureRecord:
+                     on_image: Callable[[str, np.ndarray], None] | None, links: LinkRoots) -> FigureRecord:
     _require_strings(obj, FIGURE_FIELDS)
     modality, concepts = obj.get("modality"), obj.get("concepts")
     if modality is not None and not isinstance(modality, str):
@@ -218,6 +297,7 @@ def _validate_figure(obj: dict, root: Path, seen: dict[str, int],
     rid = obj["id"]
     _check_unique(rid, seen)
     image = relative_path(obj["image"], "image")
+    links.check(root / image, "image", obj["image"])
     if not obj["caption"].strip():
         raise BadRecord("empty_caption", "caption is empty")
     path = _exists("image", root, image, obj["image"])
@@ -231,15 +311,19 @@ def _validate_figure(obj: dict, root: Path, seen: dict[str, int],
     return FigureRecord(rid, image, obj["caption"], obj["article_id"], modality, list(concepts or []), 0)
 
 
-def _validate_ct(obj: dict, root: Path, seen: dict[str, int]) -> CTRecord:
+def _validate_ct(obj: dict, root: Path, seen: dict[str, int], links: LinkRoots) -> CTRecord:
     _require_strings(obj, CT_FIELDS)
     rid = obj["id"]
     _check_unique(rid, seen)
     volume, seg = relative_path(obj["volume"], "volume"), relative_path(obj["segmentation"], "segmentation")
+    links.check(root / volume, "volume", obj["volume"])
+    links.check(root / seg, "segmentation", obj["segmentation"])
     if not (obj["findings"].strip() or obj["impression"].strip()):
         raise BadRecord("empty_report", "findings and impression are both empty")
     vol_path = _exists("volume", root, volume, obj["volume"], folder_ok=True)
     seg_path = _exists("segmentation", root, seg, obj["segmentation"])
+    if vol_path.is_dir():
+        links.check_tree(vol_path, "volume", obj["volume"])
     try:
         array = read_volume(vol_path).array
     except Exception as e:
@@ -310,7 +394,8 @@ def load_figure_records(collection_dir: str | Path, rejects: RejectLog, *, progr
         (``n_lines == len(records) + rejects.total`` for a fresh log).
     """
     root = Path(collection_dir)
-    return _load(root / "manifest.jsonl", lambda o, s: _validate_figure(o, root, s, on_image), rejects,
+    links = LinkRoots.of(root)
+    return _load(root / "manifest.jsonl", lambda o, s: _validate_figure(o, root, s, on_image, links), rejects,
                  progress, "figures: validate")
 
 
@@ -321,5 +406,6 @@ def load_ct_records(collection_dir: str | Path, rejects: RejectLog, *, progress:
     Each volume and segmentation is decoded once to check it; only its shape is kept.
     """
     root = Path(collection_dir)
-    return _load(root / "manifest.jsonl", lambda o, s: _validate_ct(o, root, s), rejects, progress,
+    links = LinkRoots.of(root)
+    return _load(root / "manifest.jsonl", lambda o, s: _validate_ct(o, root, s, links), rejects, progress,
                  "ct: validate")

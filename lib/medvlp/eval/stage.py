@@ -37,7 +37,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from medvlp.curate.curation_report import round_floats
 from medvlp.eval.compare import (
     hierarchical_bootstrap_difference,
     hierarchical_mean_difference,
@@ -57,9 +56,11 @@ from medvlp.eval.evaluate import (
     image_features,
 )
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
+from medvlp.metrics_json import write_metrics
 from medvlp.models import load_model
 from medvlp.models.volume_tower import has_volume_tower, input_volume_size, volume_size
 from medvlp.params import run_name
+from medvlp.stage_args import stage_function
 
 #: The ablations shown side by side (headline number per model): (name, collection, models in order).
 ABLATIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
@@ -272,6 +273,7 @@ def _write_scores(frame: pd.DataFrame, path: Path) -> None:
     frame.to_parquet(path, index=False)
 
 
+@stage_function("zero_shot", seeds="seeds")
 def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str,
                   figure_models: Sequence[str], ct_models: Sequence[str], seeds: Mapping[str, Sequence[int]],
                   split: str, n_boot: int, seed: int, local_weight: float, local_top_fraction: float,
@@ -336,9 +338,7 @@ def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpo
     report["claims"] = claim_rows(scores, n_boot=n_boot, seed=seed)
     report["n_inconclusive"] = sum(r["verdict"] == "inconclusive" for r in report["claims"])
     report["elapsed_s"] = time.perf_counter() - started
-    path = Path(metrics_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(round_floats(report), indent=2, sort_keys=True) + "\n", "utf-8")
+    write_metrics(metrics_path, report, sort_keys=True)
     return report
 
 

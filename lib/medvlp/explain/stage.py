@@ -12,7 +12,6 @@ as it comes; :func:`run_explain` chains them and writes ``metrics_path``:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from medvlp.curate.curation_report import round_floats
 from medvlp.eval.data import FigureSet, figure_tensors, load_figures, read_truth
 from medvlp.eval.encode import encode_images, encode_prompt_concepts, encode_texts
 from medvlp.eval.evaluate import finding_pairs
@@ -37,8 +35,10 @@ from medvlp.explain.bottleneck import ConceptBottleneck
 from medvlp.explain.heatmaps import concept_heatmaps, concept_scores, upsample_heatmaps
 from medvlp.explain.localization import bootstrap_mean_ci, heatmap_auroc, per_concept_localization, pointing_game
 from medvlp.lexicon import ConceptLexicon, load_concept_lexicon
+from medvlp.metrics_json import write_metrics
 from medvlp.models import load_model
 from medvlp.params import run_name
+from medvlp.stage_args import stage_function
 
 
 def modality_names(figures: FigureSet, lexicon: ConceptLexicon) -> list[str]:
@@ -197,6 +197,7 @@ class ExplainRun:
     bottlenecks: dict[str, tuple[ConceptBottleneck, np.ndarray]] = field(default_factory=dict)
 
 
+@stage_function("explain", zero_shot="zero_shot")
 def run_explain(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str, heatmap_models: Sequence[str],
                 run_seed: int, split: str, n_boot: int, seed: int, tolerance_px: float, bottleneck_C: float,
                 concept_lexicon: str | None, metrics_path: str, zero_shot: dict) -> ExplainRun:
@@ -225,9 +226,7 @@ def run_explain(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoin
         metrics, cbm, scores = bottleneck(model, train, test, lexicon, C=bottleneck_C, n_boot=n_boot, seed=seed)
         report["bottleneck"][name] = metrics
         run.bottlenecks[name] = (cbm, scores)
-    path = Path(metrics_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(round_floats(report), indent=2, sort_keys=True) + "\n", "utf-8")
+    write_metrics(metrics_path, report, sort_keys=True)
     return run
 
 

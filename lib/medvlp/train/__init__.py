@@ -1,4 +1,4 @@
-"""Pre-training engine: one trainer for every model of the pipeline (DESIGN.md stage 2).
+"""Pre-training engine: one trainer for every model of the pipeline (docs/architecture.md).
 
     from medvlp.train import train
     params = stage_params(load_params("params.yaml"), "pretrain", "conceptclip")
@@ -13,12 +13,32 @@ Modules, one job each: ``config`` (recipes + parsed params), ``data`` (streaming
 ``transforms`` (2D / 3D / slices), ``steps`` (loss terms per task), ``optim`` (AdamW groups,
 warm-up + cosine), ``checkpoint`` (atomic last/best, exact resume), ``distributed`` (torchrun),
 ``determinism`` (seeds, switch, RNG states), ``runlog`` (CSV, run_info.json), ``loop`` (the trainer).
+
+The names below are imported lazily (PEP 562), as in :mod:`medvlp.curate`: ``import medvlp.train.data`` (the
+evaluation's loaders) or ``medvlp.train.text_encoder`` does not import the trainer, so the DVC stages that use
+them do not depend on it (tests/test_dvc_deps.py).
 """
 
-from medvlp.train.config import KNOWN_MODELS, RECIPES, Recipe, StageConfig, TrainConfig, get_recipe
-from medvlp.train.loop import StopTraining, Trainer, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "KNOWN_MODELS", "RECIPES", "Recipe", "StageConfig", "StopTraining", "TrainConfig", "TrainResult",
-    "Trainer", "get_recipe", "train",
-]
+import importlib
+
+_EXPORTS = {
+    "config": ("KNOWN_MODELS", "RECIPES", "Recipe", "StageConfig", "TrainConfig", "get_recipe"),
+    "loop": ("StopTraining", "Trainer", "TrainResult", "train"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'medvlp.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"medvlp.train.{_MODULE_OF[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -43,12 +43,16 @@ def apply_override(params: dict, assignment: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medvlp.params import load_params, stage_params
+    from medvlp.stage_args import MissingParamsError
     from medvlp.train.loop import train
 
     params = stage_params(load_params(args.params), args.section, args.model)
     for assignment in args.set:
         apply_override(params, assignment)
-    result = train(params, out_dir=args.out_dir, progress=not args.no_progress)
+    try:
+        result = train(params, out_dir=args.out_dir, progress=not args.no_progress)
+    except MissingParamsError as err:
+        raise SystemExit(f"{args.params}: {err}") from err
     if result.final_losses and int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"model": args.model, "steps": result.steps, "final_losses": result.final_losses,
                           "final_val": result.final_val, "last": str(result.last_checkpoint)}, indent=2))

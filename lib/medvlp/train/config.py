@@ -13,8 +13,14 @@ override the recipe's stage of the same index.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
+
+from medvlp.stage_args import require_keys
+
+#: How a caller passes every setting (the end of the message of a missing one).
+HOW_TO_PASS = ("pass the run's merged params: medvlp.params.stage_params(medvlp.params.load_params(), 'pretrain', "
+               "'<model>-s<seed>'), pretrain.common with pretrain.models.<model> over it")
 
 #: 2D modalities of RadCLIP's first stage (radiology only).
 RADIOLOGY_MODALITIES = ("chest_xray", "ct_slice", "brain_mri")
@@ -156,47 +162,51 @@ class StageConfig:
 class TrainConfig:
     """Every setting of one pre-training run (the flat ``pretrain`` params of one model).
 
-    See ``params.yaml`` (section ``pretrain``) for the meaning of each key; the defaults below are
-    the library's, used for keys that ``params.yaml`` leaves out.
+    See ``params.yaml`` (section ``pretrain``) for the meaning of each key. Every key of ``pretrain.common``
+    is required, here and inside the ``optimizer``, ``image_augment`` and ``volume`` blocks: params.yaml is
+    the one place that sets them (:meth:`from_params` names the missing ones). ``recipe`` is the one
+    optional key (default: the model's own name).
     """
 
     model: str
     stages: tuple[StageConfig, ...]
     recipe: str
-    architecture: dict = field(default_factory=dict)
-    curated_dir: str = "reports/curated"
-    out_dir: str = "reports/pretrain/{model}"
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    global_batch_size: int = 32
-    grad_accum_steps: int = 1
-    num_workers: int = 0
-    shuffle_buffer: int = 1000
-    optimizer: dict = field(default_factory=lambda: dict(OPTIMIZER_DEFAULTS))
-    grad_clip_norm: float | None = 1.0
-    val_every: int = 100
-    val_max_samples: int = 256
-    checkpoint_every: int = 100
-    grad_checkpointing: bool = False
-    compile: bool = False
-    resume: Any = "auto"
-    loss_chunk_size: Any = "auto"
-    init_open_clip: str | None = None
-    init_from: dict | None = None
-    image_augment: dict = field(default_factory=lambda: dict(IMAGE_AUGMENT_DEFAULTS))
-    volume: dict = field(default_factory=lambda: dict(VOLUME_DEFAULTS))
-    report_sections: tuple[str, ...] = ("impression", "findings")
-    pc_align: dict | None = None
-    abnormal_calibration: dict | None = None
+    architecture: dict
+    curated_dir: str
+    out_dir: str
+    seed: int
+    deterministic: bool
+    device: str
+    precision: str
+    global_batch_size: int
+    grad_accum_steps: int
+    num_workers: int
+    shuffle_buffer: int
+    optimizer: dict
+    grad_clip_norm: float | None
+    val_every: int
+    val_max_samples: int
+    checkpoint_every: int
+    grad_checkpointing: bool
+    compile: bool
+    resume: Any
+    loss_chunk_size: Any
+    init_open_clip: str | None
+    init_from: dict | None
+    image_augment: dict
+    volume: dict
+    report_sections: tuple[str, ...]
+    pc_align: dict | None
+    abnormal_calibration: dict | None
 
     @classmethod
     def from_params(cls, params: dict) -> TrainConfig:
-        """Parse the flat params of one model (``stage_params(params, "pretrain", name)``).
+        """Parse the flat params of one model (``stage_params(params, "pretrain", "<model>-s<seed>")``).
 
         Raises:
-            ValueError: unknown model/recipe (listing the known ones), unknown keys, bad values.
+            ValueError: unknown model/recipe (listing the known ones), unknown keys, bad values;
+                :class:`~medvlp.stage_args.MissingParamsError` (a ValueError) for missing keys, naming them
+                and their params.yaml section.
         """
         raw = copy.deepcopy(dict(params))
         if "model" not in raw:
@@ -209,6 +219,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"pretrain params of {name!r}: unknown keys {unknown}; "
                              f"allowed: {sorted(allowed)}")
+        where = f"pretrain params of {name!r}"
+        require_keys(raw, COMMON_KEYS, "pretrain.common", where, HOW_TO_PASS)
         user_stages = raw.pop("stages", None)
         if not user_stages:
             raise ValueError(f"pretrain params of {name!r}: 'stages' is required, a list of "
@@ -220,17 +232,16 @@ class TrainConfig:
             StageConfig.parse({**recipe.stages[min(i, len(recipe.stages) - 1)], **(s or {})},
                               f"pretrain params of {name!r}, stage {i}")
             for i, s in enumerate(user_stages))
-        for key, defaults in (("optimizer", OPTIMIZER_DEFAULTS), ("image_augment", IMAGE_AUGMENT_DEFAULTS),
-                              ("volume", VOLUME_DEFAULTS)):
-            given = raw.get(key) or {}
-            bad = sorted(set(given) - set(defaults))
+        for key, keys in BLOCK_KEYS.items():
+            given = raw[key]
+            if not isinstance(given, dict):
+                raise ValueError(f"{where}: {key} must be a mapping with the keys {list(keys)}, got {given!r}")
+            bad = sorted(set(given) - set(keys))
             if bad:
-                raise ValueError(f"pretrain params of {name!r}: {key}: unknown keys {bad}; "
-                                 f"allowed: {sorted(defaults)}")
-            raw[key] = {**defaults, **given}
-        if "report_sections" in raw:
-            raw["report_sections"] = tuple(raw["report_sections"])
-        raw["out_dir"] = str(raw.get("out_dir", cls.out_dir)).format(model=name, seed=raw.get("seed", cls.seed))
+                raise ValueError(f"{where}: {key}: unknown keys {bad}; allowed: {sorted(keys)}")
+            require_keys(given, keys, f"pretrain.common.{key}", where, HOW_TO_PASS)
+        raw["report_sections"] = tuple(raw["report_sections"])
+        raw["out_dir"] = str(raw["out_dir"]).format(model=name, seed=raw["seed"])
         cfg = cls(stages=stages, recipe=recipe_name, **raw)
         cfg._validate()
         return cfg
@@ -238,10 +249,10 @@ class TrainConfig:
     @classmethod
     def from_namespace(cls, namespace: dict[str, Any]) -> TrainConfig:
         """Parse the keys of ``namespace`` that are settings (a notebook's globals after Papermill
-        injected the stage's params); every other name is ignored."""
-        keys = {f.name for f in fields(cls)} | {"recipe"}
-        return cls.from_params({k: v for k, v in namespace.items() if k in keys and v is not None
-                                or k in ("model", "stages")})
+        injected the stage's params, ``null`` ones included); every other name is ignored. A missing
+        setting raises :class:`~medvlp.stage_args.MissingParamsError` (see :meth:`from_params`)."""
+        keys = {f.name for f in fields(cls)}
+        return cls.from_params({k: v for k, v in namespace.items() if k in keys})
 
     def _validate(self) -> None:
         where = f"pretrain params of {self.model!r}"
@@ -295,31 +306,16 @@ class TrainConfig:
         return _plain(out)
 
 
-OPTIMIZER_DEFAULTS: dict[str, Any] = {
-    "lr": 5e-4,
-    "weight_decay": 0.2,
-    "betas": [0.9, 0.98],
-    "eps": 1e-6,
-    "warmup_steps": 50,
-    "min_lr_ratio": 0.0,
-    "text_lr_scale": 1.0,
-}
-IMAGE_AUGMENT_DEFAULTS: dict[str, Any] = {
-    "scale": [0.8, 1.0],
-    "ratio": [0.75, 1.3333],
-    "hflip_prob": 0.0,
-    "vflip_prob": 0.0,
-    "brightness": 0.1,
-    "contrast": 0.1,
-}
-VOLUME_DEFAULTS: dict[str, Any] = {
-    "spatial_size": None,
-    "hu_window": [-1150.0, 350.0],
-    "pixdim": None,
-    "flip_prob": 0.0,
-    "flip_axes": [0],
-    "slice_stride": 1,
-}
+#: The keys of the ``optimizer``, ``image_augment`` and ``volume`` blocks (all required; params.yaml's
+#: ``pretrain.common`` sets them).
+OPTIMIZER_KEYS = ("lr", "weight_decay", "betas", "eps", "warmup_steps", "min_lr_ratio", "text_lr_scale")
+IMAGE_AUGMENT_KEYS = ("scale", "ratio", "hflip_prob", "vflip_prob", "brightness", "contrast")
+VOLUME_KEYS = ("spatial_size", "hu_window", "pixdim", "flip_prob", "flip_axes", "slice_stride")
+BLOCK_KEYS: dict[str, tuple[str, ...]] = {"optimizer": OPTIMIZER_KEYS, "image_augment": IMAGE_AUGMENT_KEYS,
+                                          "volume": VOLUME_KEYS}
+#: Every key of params.yaml's ``pretrain.common``: the settings :meth:`TrainConfig.from_params` requires
+#: besides ``model`` and ``stages`` (``recipe`` is optional).
+COMMON_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig) if f.name not in ("model", "stages", "recipe"))
 
 
 def _check_choices(given: Any, choices: dict[str, tuple[str, ...]], where: str) -> None:

@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medvlp.curate.report_decomposition import split_sentences
+from medvlp.stage_args import stage_function
 from medvlp.train.determinism import seed_everything
 from medvlp.train.runlog import CSVLog, describe_device, git_revision, package_versions, utc_now, write_json
 
@@ -200,12 +201,16 @@ def _adamw(modules: Sequence[torch.nn.Module], lr: float, weight_decay: float, w
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), params
 
 
+@stage_function("pretrain_text")
 def pretrain_text_encoder(*, curated_dir: str, out_dir: str, metrics_path: str, seed: int, vocab_size: int,
                           context_length: int, hidden_size: int, num_layers: int, num_heads: int,
                           intermediate_size: int, steps: int, batch_size: int, lr: float, weight_decay: float,
                           warmup_steps: int, mlm_probability: float, concept_steps: int, concept_lr: float,
                           holdout_fraction: float, val_every: int, progress: bool = True) -> dict:
     """Train the WordPiece tokenizer and the BERT (masked LM, then concepts) on the train split; write ``out_dir``.
+
+    Every argument but ``progress`` is a key of params.yaml's ``pretrain_text`` section, and has no default: a
+    call without one raises :class:`~medvlp.stage_args.MissingParamsError` naming it.
 
     Args:
         curated_dir: the curate stage's output.

@@ -30,7 +30,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _figures_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images-mode", choices=("copy", "symlink", "hardlink"), default="copy",
-                   help="how images get into DST/figures/images (default: copy)")
+                   help="how images get into DST/figures/images (default: copy). Curation reads a symlink only "
+                        "if it resolves inside the corpus or its repository's DVC cache (else "
+                        "path_escapes_corpus): to curate, copy or hardlink (same file system)")
     p.add_argument("--no-image-check", action="store_true",
                    help="only check that images exist (curation decodes them later)")
 

@@ -1,4 +1,4 @@
-"""The deterministic synthetic source corpus (DESIGN.md, "The synthetic world").
+"""The deterministic synthetic source corpus (README: "The default corpus").
 
 ``generate_corpus(out_dir)`` writes ``out_dir/figures`` (2D figure-caption pairs with finding masks)
 and ``out_dir/ct`` (3D CT studies in Hounsfield units with anatomy label maps and reports), plus
@@ -16,6 +16,10 @@ GENERATOR_VERSION = 1
 DEFAULT_SEED = 20250126
 DEFAULT_FIGURES = 4000
 DEFAULT_STUDIES = 600
+#: ``dvc_dir_hash`` of ``generate_corpus`` with the defaults above (the md5 data.dvc records for the synthetic
+#: corpus). ``make data`` (medvlp.data.fetch) regenerates data/ only when data.dvc records this hash, so a team's
+#: corpus is never replaced by the synthetic one; tests/test_repository.py regenerates the corpus and checks it.
+SYNTHETIC_CORPUS_MD5 = "2f86f0eae889ad9b359f7084cb114e88.dir"
 
 
 def generate_corpus(
