@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("lib", "tests", "pyproject.toml")
+COPIED = ("lib", "tests", "bin", "notebooks", "pyproject.toml", "params.yaml", "dvc.yaml")  # what the tests read
 IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", "*.pyc")
 TIMEOUT_S = 900
 

@@ -19,6 +19,8 @@ from test_team import _copy, _env, sshd  # noqa: F401  (sshd: the real OpenSSH s
 from medvlp.data.dirhash import dvc_dir_hash, dvc_file_hash
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN_BY_HAND = (".venv/bin/python -m medvlp.train --params params.yaml --model fvlm-s1 "
+                 "--out-dir scratch/train/fvlm-s1 [--set optimizer.lr=3e-4]")
 
 
 def readme_blocks(text: str) -> list[str]:
@@ -53,7 +55,7 @@ def run_block(block: str, cwd: Path, substitutions: dict[str, str] = {}, timeout
 #: first command of a block -> how the test treats it ("run" blocks have a function below; others say why not).
 HOW = {
     "make reproduce": "not here: `make test` is what CI runs; `make reproduce` is timed on a fresh clone (README)",
-    ".venv/bin/python -m medvlp.train --params params.yaml --model fvlm-s1 [--set optimizer.lr=3e-4]": "run",
+    TRAIN_BY_HAND: "run",
     ".venv/bin/medvlp recipe paper -o params.yaml": "run",
     "rm -rf data && cp -r /path/to/your/corpus data": "run",
     ".venv/bin/dvc remote add -d team ssh://dvc.example.org/srv/dvc/medvlp": "run",
@@ -88,11 +90,12 @@ def test_commands_join_continuations_and_drop_comments():
 def test_one_stage_by_hand_and_the_paper_recipe(tiny_project, tmp_path):
     blocks = _blocks()
     work = _copy(tiny_project, tmp_path / "repo")
-    train = blocks[".venv/bin/python -m medvlp.train --params params.yaml --model fvlm-s1 [--set optimizer.lr=3e-4]"]
+    train = blocks[TRAIN_BY_HAND]
     out = run_block(train, work, {"[--set optimizer.lr=3e-4]": "--set optimizer.lr=3e-4"})
     assert '"model": "fvlm"' in out or "fvlm" in out
-    info = (work / "reports/pretrain/fvlm-s1/run_info.json").read_text()
+    info = (work / "scratch/train/fvlm-s1/run_info.json").read_text()
     assert '"lr": 0.0003' in info, "the --set override did not reach the run"
+    assert "Data and pipelines are up to date" in run_block(".venv/bin/dvc status", work)
 
     paper = blocks[".venv/bin/medvlp recipe paper -o params.yaml"]
     gpu_lines = [c for c in commands(paper) if c.startswith("torchrun")]
