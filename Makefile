@@ -50,7 +50,7 @@ lab: venv
 	    --display-name "Python 3 (medvlp .venv)" >/dev/null
 	JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(BIN)/jupyter lab --port=$(LAB_PORT) \
 	    --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
-	    --ContentsManager.pre_save_hook=medvlp.notebooks.strip_on_save
+	    --ContentsManager.pre_save_hook=medvlp.notebooks.strip_on_save $(if $(filter 0,$(shell id -u)),--allow-root)
 
 # benchmarks: each prints ratios against a named baseline (results: bench/RESULTS.md); the last two need `dvc repro curate`
 # by hand: bench/compute_scaling.py (over an hour on 2 cores with its defaults; needs curate) and bench/gpu_checks.sh (a CUDA GPU)
