@@ -59,7 +59,7 @@ bench: venv
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/volume_tower.py
 	$(BIN)/python bench/image_tower.py
-	$(BIN)/python bench/recipe_memory.py
+	$(BIN)/python bench/size_memory.py
 
 # mutation check: one-line bugs planted in the evaluation / training glue must each fail a test (bench/mutants.py)
 .PHONY: mutants

@@ -4,7 +4,7 @@
 #   2. bench/losses.py --device cuda: memory and time of our losses against open_clip's;
 #   3. bench/train_throughput.py --device cuda: ViT-B/16 step, samples/s and MFU against open_clip's step;
 #   4. bench/compute_scaling.py: zero-shot scores at the default budget and at 10x (needs data, made here);
-#   5. bench/recipe_memory.py --device cuda: the paper recipes' bf16 memory per sample.
+#   5. bench/size_memory.py --device cuda: the paper-sized models' bf16 memory per sample.
 #
 # Usage, from the repository root on a machine with python3, torch >= 2.11 and CUDA:
 #     bash bench/gpu_checks.sh OUT_DIR [WHEEL_DIR]
@@ -48,5 +48,5 @@ wait "$data_pid"
 echo "== data: rc $?, ready at $((SECONDS - start)) s" | tee -a "$out/summary.txt"
 part scaling "${SCALING_LIMIT_S:-220}" python3 bench/compute_scaling.py --models conceptclip fvlm --runs 1x1 10x1 \
     --workers 6 --json "$out/scaling.json"
-part recipe_memory 60 python3 bench/recipe_memory.py --device cuda --batch 8
+part size_memory 60 python3 bench/size_memory.py --device cuda --batch 8
 echo "== all: $((SECONDS - start)) s" | tee -a "$out/summary.txt"

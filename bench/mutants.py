@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ("lib", "tests", "bin", "notebooks", "pyproject.toml", "params.yaml", "dvc.yaml")  # what the tests read
+#: what the tests read
+COPIED = ("lib", "tests", "bin", "notebooks", "external_weights", "pyproject.toml", "params.yaml", "dvc.yaml")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache", "*.pyc")
 TIMEOUT_S = 900
 
@@ -137,9 +138,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("grad accumulation: logged terms summed", "lib/medvlp/train/loop.py",
            'sums[k] = sums.get(k, 0.0) + v.detach().float() / grad_accum_steps',
            'sums[k] = sums.get(k, 0.0) + v.detach().float()', (WIRING,)),
-    Mutant("validation on the train split", "lib/medvlp/train/loop.py",
-           'index = self._index(stage.collection, "val", stage.modalities)',
-           'index = self._index(stage.collection, "train", stage.modalities)', (WIRING,)),
+    Mutant("validation on the train split", "lib/medvlp/train/run_batches.py",
+           'index = self.index(stage.collection, "val", stage.modalities)',
+           'index = self.index(stage.collection, "train", stage.modalities)', (WIRING,)),
     Mutant("init_from parts matched by name prefix", "lib/medvlp/models/checkpoint.py",
            'if (k.split(".", 1)[0] in prefixes) and k in own}', 'if k.startswith(prefixes) and k in own}', (WIRING,)),
     Mutant("trainer ignores init_from parts", "lib/medvlp/train/loop.py",

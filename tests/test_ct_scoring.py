@@ -181,7 +181,7 @@ def test_evaluate_ct_scores_only_intact_anatomies(model, lexicon):
     """With the studies' intact anatomies known, evaluate_ct's AUROCs are sklearn's on the pairs of intact
     anatomies of the studies with truth."""
     studies = _studies(lexicon)
-    feats = encode_volumes(model, studies.volumes, studies.label_maps)
+    feats = encode_volumes(model, studies.volumes, studies.label_maps, anatomy_labels=None)
     intact = feats.valid.numpy()  # the model's own test: some voxel, none on the crop border
     studies.anatomy_ids = [a.id for a in lexicon.anatomies]
     studies.intact = intact
@@ -233,7 +233,7 @@ def _studies(lexicon, n=N_STUDIES, seed=3) -> CTSet:
 def ct_eval(model, lexicon):
     studies = _studies(lexicon)
     result = _metrics(evaluate_ct(model, studies, lexicon, negative="not", n_boot=50, seed=0))
-    feats = encode_volumes(model, studies.volumes, studies.label_maps)
+    feats = encode_volumes(model, studies.volumes, studies.label_maps, anatomy_labels=None)
     scores = ref_disease_scores(model, feats.embedding.double().numpy(), feats.present.numpy(), lexicon)
     return studies, result, scores, feats
 
@@ -289,3 +289,31 @@ def test_evaluate_ct_operating_point_equals_sklearn_roc(ct_eval):
             means[m].append(value)
     for m, values in means.items():
         assert result["mean"][m] == pytest.approx(np.mean(values), abs=1e-12), m
+
+
+def test_a_model_with_fewer_anatomies_in_another_order_is_read_by_label(model, lexicon):
+    """A released fVLM knows 4 anatomies in its own order (lung, heart, esophagus, aorta); its embeddings are
+    placed at the lexicon's anatomies by label, the others left empty, so each abnormality is still scored with
+    its own anatomy's embedding."""
+    studies = _studies(lexicon)
+    labels = [a.label for a in lexicon.anatomies]
+    by_label = {a.label: a.id for a in lexicon.anatomies}
+    released = build_model("fvlm", clip_model=TINY_CLIP, vit3d=TINY_VIT3D, pool_heads=2,
+                           anatomy_labels=[1, 2, 4, 3]).eval()
+    own = encode_volumes(released, studies.volumes, studies.label_maps, anatomy_labels=None)
+    ordered = encode_volumes(released, studies.volumes, studies.label_maps, anatomy_labels=labels)
+    assert ordered.embedding.shape[1] == len(labels) and own.embedding.shape[1] == 4
+    for j, label in enumerate(labels):
+        if label in released.anatomy_labels:
+            i = released.anatomy_labels.index(label)
+            assert torch.equal(ordered.embedding[:, j], own.embedding[:, i]), by_label[label]
+            assert torch.equal(ordered.valid[:, j], own.valid[:, i])
+        else:
+            assert not (ordered.embedding[:, j].any() or ordered.valid[:, j].any() or ordered.present[:, j].any())
+    assert [by_label[v] for v in released.anatomy_labels] == ["lung", "heart", "esophagus", "aorta"]
+    # the pipeline's own models (the lexicon's anatomies, in order) are left as they are
+    same = encode_volumes(model, studies.volumes, studies.label_maps, anatomy_labels=labels)
+    assert torch.equal(same.embedding, encode_volumes(model, studies.volumes, studies.label_maps,
+                                                      anatomy_labels=None).embedding)
+    with pytest.raises(ValueError, match="share none"):
+        encode_volumes(released, studies.volumes, studies.label_maps, anatomy_labels=[99])

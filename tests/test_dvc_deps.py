@@ -85,11 +85,15 @@ def top_level_names(tree: ast.Module) -> set[str]:
 @cache
 def lazy_exports(package: str) -> dict[str, str]:
     """``{name: submodule}`` of a package whose ``__getattr__`` imports names lazily (PEP 562) from a
-    module-level table ``{"<submodule>": ("<name>", ...)}``; empty for any other module."""
+    module-level table ``{"<submodule>": ("<name>", ...)}`` (``medvlp.lazy_exports``); empty for any other
+    module."""
     if not is_package(package):
         return {}
     tree = parse_module(package)
-    if "__getattr__" not in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}:
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for target in n.targets
+                for t in (target.elts if isinstance(target, ast.Tuple) else [target]) if isinstance(t, ast.Name)}
+    if "__getattr__" not in defined:
         return {}
     out: dict[str, str] = {}
     for node in tree.body:

@@ -9,7 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from test_ingest_fixtures import SHAPE, TS, CtStudy, class_map, stored_values, write_ct_rate
+from test_ingest_fixtures import SHAPE, TS, CtStudy, class_map, set_label_cell, stored_values, write_ct_rate
 
 from medvlp.data.ingest import IngestError, ingest_ct_rate
 from medvlp.data.ingest.ct_rate import air_level
@@ -96,7 +96,7 @@ def test_manifest_truth_and_lexicon(tmp_path):
     truth = _jsonl(ct / "ct_truth.jsonl")
     assert truth[0] == {"id": "train_12_a_1", "labels": {"lung": ["lung_nodule"], "heart": ["cardiomegaly"],
                                                          "aorta": [], "esophagus": []},
-                        "study_labels": ["medical_material"], "lesion_mask": None, "lesions": [],
+                        "study_labels": ["medical_material"], "unknown_labels": [], "lesion_mask": None, "lesions": [],
                         "border_touching": ["lung"]}
     assert truth[1]["labels"] == {"lung": [], "heart": [], "aorta": [], "esophagus": []}
     assert truth[2]["labels"]["esophagus"] == ["hiatal_hernia"]
@@ -113,6 +113,24 @@ def test_manifest_truth_and_lexicon(tmp_path):
     assert [x["id"] for x in raw["study_abnormalities"]] == ["medical_material", "lymphadenopathy"]
     report = json.loads((ct / "ingest_report.json").read_text())
     assert report["read"] == report["written"] + report["skipped"] == 3
+
+
+def test_a_label_that_is_not_0_or_1_is_unknown_for_that_study_only(tmp_path):
+    dataset, segs = write_ct_rate(tmp_path / "src", [CtStudy("train_1_a_1.nii.gz", positives=("Cardiomegaly",)),
+                                                     CtStudy("train_2_a_1.nii.gz", positives=())])
+    set_label_cell(dataset, "train", "train_1_a_1.nii.gz", "Emphysema", "-1")
+    set_label_cell(dataset, "train", "train_1_a_1.nii.gz", "Hiatal hernia", "")
+    summary = ingest_ct_rate(dataset, tmp_path / "data", segmentations=segs, progress=False)
+    truth = _jsonl(tmp_path / "data" / "ct" / "ct_truth.jsonl")
+    assert [t["id"] for t in truth] == ["train_1_a_1", "train_2_a_1"]          # known labels kept
+    assert truth[0]["unknown_labels"] == ["hiatal_hernia", "emphysema"]         # table column order
+    assert truth[0]["labels"]["heart"] == ["cardiomegaly"] and truth[0]["labels"]["lung"] == []
+    assert truth[1]["unknown_labels"] == []
+    assert summary.warnings.counts == {"unknown_label": 2}
+    assert "Emphysema is '-1', not 0 or 1; emphysema is unknown for train_1_a_1" in \
+        summary.warnings.examples["unknown_label"][1]
+    assert summary.details["unknown_labels"]["emphysema"] == 1 and summary.details["positive_labels"][
+        "emphysema"] == 0
 
 
 def test_totalsegmentator_mask_folder_equals_multilabel_file(tmp_path):

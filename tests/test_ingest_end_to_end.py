@@ -7,8 +7,10 @@ the written concept lexicon) -> ConceptCLIP (IT-Align, then IT-Align + PC-Align 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,7 @@ from medvlp.data.ingest import ingest_medconcept
 from medvlp.eval.stage import run_zero_shot
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.params import load_params, stage_params
+from medvlp.readme_results import zero_shot_markdown
 from medvlp.train import train
 from medvlp.train.runlog import read_csv
 
@@ -82,12 +85,27 @@ def test_ct_rate_ingest_curate_pretrain_fvlm(tmp_path):
 
     result = train(tiny_params("fvlm", curated, steps=2), out_dir=tmp_path / "pretrain" / "fvlm-s0", progress=False)
     _assert_finite_run(result, 2, ["anatomy_align"])
-    # zero-shot diagnosis with CT-RATE's labels as truth and its lexicon's abnormalities as prompts
+    # zero-shot diagnosis with CT-RATE's labels as truth and its lexicon's abnormalities as prompts; the same
+    # weights given again as a released model file are scored by the same code, to the same numbers
+    released = tmp_path / "external_weights" / "fvlm_released.pt"
+    released.parent.mkdir()
+    shutil.copy(result.best_checkpoint, released)
     zs = run_zero_shot(**_zero_shot_params(
         curated_dir=str(curated), data_dir=str(data), pretrain_dir=str(tmp_path / "pretrain"), figure_models=[],
         ct_models=["fvlm"], seeds={"fvlm": [0]}, split="test", n_boot=20, anatomy_lexicon=str(lexicon),
+        external_models={"fvlm_released": {"medvlp_model": str(released)}},
         metrics_path=str(tmp_path / "zero_shot.json"), scores_dir=str(tmp_path / "scores")), progress=False)
-    fvlm = zs["ct"]["fvlm"]
+    fvlm, ext = zs["ct"]["fvlm"], zs["ct"]["fvlm_released"]
+    assert ext["external"]["sha256"] == hashlib.sha256(released.read_bytes()).hexdigest()
+    assert ext["external"]["kind"] == "medvlp_model" and ext["seed_results"] == {}
+    drop = ("external", "seed_results")
+    assert {k: v for k, v in ext.items() if k not in drop} == {k: v for k, v in fvlm.items() if k not in drop}
+    assert "fvlm_released" not in zs["seeds"] and all("fvlm_released" not in c.values() for c in zs["claims"])
+    scores = {m: pd.read_parquet(tmp_path / "scores" / f"{m}.parquet").drop(columns="seed")
+              for m in ("fvlm", "fvlm_released")}
+    assert len(scores["fvlm"]) > 0 and scores["fvlm_released"].equals(scores["fvlm"])
+    assert f"| fvlm_released (released: {released}, sha256 {ext['external']['sha256'][:12]}) |" in \
+        zero_shot_markdown(zs)
     n_test = int((table["split"] == "test").sum())
     assert fvlm["n_studies"] == n_test > 0
     abnormalities = {a.id for a in load_anatomy_lexicon(str(lexicon)).abnormalities}

@@ -277,6 +277,24 @@ def write_ct_rate(root: Path, studies: list[CtStudy], split: str = "train") -> t
     return dataset, segs
 
 
+def set_label_cell(dataset: Path, split: str, volume: str, column: str, value: str) -> None:
+    """Overwrite one cell of a split's labels table written by :func:`write_ct_rate` (e.g. a ``-1`` label).
+
+    Raises:
+        KeyError: no row for ``volume``.
+    """
+    path = dataset / "multi_abnormality_labels" / f"{'train' if split == 'train' else 'valid'}_predicted_labels.csv"
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    col = rows[0].index(column)
+    hits = [row for row in rows[1:] if row[0] == volume]
+    if not hits:
+        raise KeyError(f"{path} has no row for {volume}")
+    for row in hits:
+        row[col] = value
+    _write_csv(path, rows)
+
+
 def _csv_text(rows: list[list[str]]) -> str:
     import io
 

@@ -113,8 +113,8 @@ def test_calibrations_reach_the_loss_on_the_same_batch(curated):
     try:
         stage = cfg.stages[0]
         paths = find_shards(curated, "ct", "train")
-        stream = ShardStream(paths, index_shards(paths), trainer._make_item(stage), micro_batch=8, shuffle=False,
-                             augment=False)
+        stream = ShardStream(paths, index_shards(paths), trainer.data.items(stage, trainer.model), micro_batch=8,
+                             shuffle=False, augment=False)
         batch = collate([item for _, item in zip(range(8), stream)])
         model = trainer.model.eval()
         with torch.no_grad():

@@ -145,12 +145,12 @@ def test_pretrain_table_averages_loss_windows_per_stage(tmp_path):
     assert "less than 2%): a." in table   # b's only stage fell 10 -> 1
 
 
-def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
+def test_paper_size_parses_for_every_model(tmp_path, capsys):
     from medvlp.models import resolve_model_config, volume_size
-    from medvlp.params import recipe
+    from medvlp.params import apply_size
     from medvlp.train.config import TrainConfig
 
-    params = recipe("paper", yaml.safe_load((REPO / "params.yaml").read_text()))
+    params = apply_size("paper", yaml.safe_load((REPO / "params.yaml").read_text()))
     sizes = {}
     for model in params["pretrain"]["models"]:
         cfg = TrainConfig.from_params(stage_params(params, "pretrain", model))
@@ -162,10 +162,10 @@ def test_paper_recipe_parses_for_every_model(tmp_path, capsys):
             sizes[model] = resolved["clip_model"]["vision_cfg"]["image_size"]
     assert sizes["conceptclip"] == 384 and sizes["fvlm"] == [352, 256, 112] and sizes["radclip"] == 224
     assert sizes["ct_clip_global"] == sizes["fvlm_nocal"] == [352, 256, 112]
-    assert cli_main(["recipe", "paper", "--base", str(REPO / "params.yaml"), "-o", str(tmp_path / "p.yaml")]) == 0
+    assert cli_main(["size", "paper", "--base", str(REPO / "params.yaml"), "-o", str(tmp_path / "p.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "p.yaml").read_text())["pretrain"]["common"]["precision"] == "bf16"
-    with pytest.raises(ValueError, match="unknown recipe"):
-        recipe("nope", {})
+    with pytest.raises(ValueError, match="unknown size"):
+        apply_size("nope", {})
 
 
 def test_chance_counts_use_the_whole_ci():

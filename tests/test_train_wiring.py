@@ -21,7 +21,7 @@ from medvlp.curate.shards import iter_shard_samples, list_shards
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.losses import anatomy_contrastive_loss, concept_alignment_loss, contrastive_loss, sigmoid_loss
 from medvlp.models import build_model, load_medvlp_weights, load_model, save_model, tokenize_with_concepts
-from medvlp.train import loop
+from medvlp.train import loop, run_batches
 from medvlp.train.config import RECIPES, StageConfig, TrainConfig
 from medvlp.train.data import FigureItems, collate
 from medvlp.train.determinism import seed_everything
@@ -486,7 +486,7 @@ def test_validation_reads_the_val_split(tmp_path, monkeypatch):
             seen.append((sample["meta"]["id"], rng is None))
             return super().__call__(sample, rng)
 
-    monkeypatch.setattr(loop, "FigureItems", Recording)
+    monkeypatch.setattr(run_batches, "FigureItems", Recording)
     result = train(tiny_params("clip", curated, steps=1, val_max_samples=8), out_dir=tmp_path / "run",
                    progress=False)
     val_ids = [s["__key__"] for s in iter_shard_samples(list_shards(curated, "figures", "val"))]

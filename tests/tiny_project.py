@@ -73,6 +73,8 @@ def build_tiny_project(work: Path) -> dict:
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for folder in ("notebooks", "lib", "bin"):
         shutil.copytree(REPO / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (work / "external_weights").mkdir()  # released weights (none here): a dependency of zero_shot and explain
+    shutil.copy(REPO / "external_weights" / "README.md", work / "external_weights" / "README.md")
     generate_corpus(work / "data", n_figures=120, n_studies=40, progress=False)
     run_in([*GIT, "init", "-q"], work)
     run_in([*DVC, "init", "-q"], work)

@@ -5,11 +5,14 @@
     medvlp get-data                         make data/ match data.dvc: dvc pull, else regenerate (`make data`)
     medvlp curate --params params.yaml      run the curation stage without a notebook
     medvlp pretrain-text --params params.yaml   run the text-encoder stage without a notebook
-    medvlp ingest KIND SRC DST [...]        convert a public dataset into data/ (medvlp.data.ingest)
+    medvlp ingest DATASET SRC DST [...]     convert a public dataset into data/ (medvlp.data.ingest)
     medvlp notebook SRC OUT --section S     run a stage notebook with its params.yaml section
+    medvlp score-ct-rate --model M --ingested DIR --style fvlm|normal --out DIR
+                                            CT-RATE's zero-shot protocol (per scan) on an ingested corpus
     medvlp update-readme                    regenerate README.md's results from reports/metrics
-    medvlp recipe paper -o params.yaml      params.yaml with a recipe (paper-sized GPU runs) merged in
+    medvlp size paper -o params.yaml        params.yaml with the paper-sized parameters (GPU runs) merged in
     medvlp strip-notebooks notebooks/*.ipynb
+    medvlp convert-fvlm SRC DST [--config NAME]   official fVLM checkpoint -> medvlp model file
 """
 
 from __future__ import annotations
@@ -94,6 +97,23 @@ def _cmd_notebook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score_ct_rate(args: argparse.Namespace) -> int:
+    from medvlp.eval.ct_rate import score_ct_rate
+    from medvlp.models import load_model
+
+    model = load_model(args.model, map_location=args.device)
+    description = args.description or f"{args.model} ({model.config.get('kind')})"
+    result = score_ct_rate(model, args.ingested, split=args.split, prompt_style=args.style, n_boot=args.n_boot,
+                           seed=args.seed, out_dir=args.out, description=description,
+                           intact_min_fraction=args.intact_min_fraction, spatial_size=args.spatial_size,
+                           slice_stride=args.slice_stride)
+    macro = result.report["macro"]
+    print(json.dumps({"macro_auc": macro["auc"], "ci": macro["ci"], "n_scans": result.report["n_scans"],
+                      "excluded_pairs": result.report["excluded_pairs"],
+                      "files": [str(p) for p in result.paths]}, indent=2))
+    return 0
+
+
 def _cmd_update_readme(args: argparse.Namespace) -> int:
     from medvlp.readme_results import update_readme
 
@@ -102,17 +122,17 @@ def _cmd_update_readme(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_recipe(args: argparse.Namespace) -> int:
+def _cmd_size(args: argparse.Namespace) -> int:
     import yaml
 
-    from medvlp.params import load_params, recipe
+    from medvlp.params import apply_size, load_params
 
-    merged = yaml.safe_dump(recipe(args.name, load_params(args.base)), sort_keys=False)
+    merged = yaml.safe_dump(apply_size(args.name, load_params(args.base)), sort_keys=False)
     if args.out is None:
         print(merged, end="")
     else:
         args.out.write_text(merged, "utf-8")
-        print(f"{args.out}: {args.base} with recipe {args.name!r}")
+        print(f"{args.out}: {args.base} with the {args.name!r} size merged in")
     return 0
 
 
@@ -122,6 +142,29 @@ def _cmd_strip(args: argparse.Namespace) -> int:
     for nb in args.notebooks:
         if strip_outputs(nb):
             print(f"stripped {nb}")
+    return 0
+
+
+def _cmd_convert_fvlm(args: argparse.Namespace) -> int:
+    from medvlp.models.checkpoint import save_model
+    from medvlp.models.fvlm_convert import load_fvlm_checkpoint
+
+    config = args.config
+    if config.endswith(".json"):
+        config = json.loads(Path(config).read_text("utf-8"))
+    overrides = {}
+    if args.text_model is not None:
+        from medvlp.models.configs import get_clip_config
+
+        text_cfg = {**get_clip_config("fvlm-official")["text_cfg"], "hf_model_name": str(args.text_model)}
+        overrides["clip_model"] = {"base": "fvlm-official", "text_cfg": text_cfg}
+    try:
+        model = load_fvlm_checkpoint(args.src, config, **overrides)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"convert-fvlm: {err}", file=sys.stderr)
+        return 1
+    save_model(model, args.dst, {"converted_from": str(args.src), "converter": "medvlp.models.fvlm_convert"})
+    print(f"{args.dst}: medvlp {model.config['kind']} model from official fVLM {args.src}")
     return 0
 
 
@@ -177,20 +220,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_notebook_arguments(sub.add_parser("notebook", help="execute a stage notebook with papermill"))
     p.set_defaults(func=_cmd_notebook)
 
+    p = sub.add_parser("score-ct-rate", help="CT-RATE's zero-shot protocol (18 labels, per scan, bootstrap CIs) on "
+                       "an ingested corpus (medvlp.eval.ct_rate)")
+    p.add_argument("--model", type=Path, required=True, help="a medvlp model file (save_model), e.g. "
+                   "reports/pretrain/fvlm-s0/best.pt")
+    p.add_argument("--ingested", type=Path, required=True, help="`medvlp ingest ct_rate`'s destination (or its ct/)")
+    p.add_argument("--style", choices=("fvlm", "normal"), required=True,
+                   help="fvlm: fVLM's prompt pairs ('Emphysema.' / 'Not Emphysema.'); normal: the negative is the "
+                        "anatomy's normal text")
+    p.add_argument("--out", type=Path, required=True, help="folder for ct_rate_<style>.json and _scores.parquet")
+    p.add_argument("--split", default="valid", help="volume id prefix (default: valid, the papers' benchmark)")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates per 95%% CI (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--intact-min-fraction", type=float, default=None,
+                   help="score a label only where its anatomy is intact in the crop with this fraction of its "
+                        "voxels, as the zero_shot stage does (default: none, every anatomy with voxels)")
+    p.add_argument("--spatial-size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="model input size (default: the volume tower's; RadCLIP needs it)")
+    p.add_argument("--slice-stride", type=int, default=1, help="RadCLIP: every n-th axial slice (default: 1)")
+    p.add_argument("--device", default="cpu", help="torch device of the model (default: cpu)")
+    p.add_argument("--description", default=None, help="the model's name in the report (default: file and kind)")
+    p.set_defaults(func=_cmd_score_ct_rate)
+
     p = sub.add_parser("update-readme", help="regenerate README.md's results block from reports/metrics")
     p.add_argument("--readme", type=Path, default=Path("README.md"))
     p.add_argument("--metrics", type=Path, default=Path("reports/metrics"))
     p.set_defaults(func=_cmd_update_readme)
 
-    p = sub.add_parser("recipe", help="write params.yaml with a recipe merged in (e.g. paper-sized GPU runs)")
-    p.add_argument("name", help="recipe name, e.g. paper")
+    p = sub.add_parser("size", help="write params.yaml with a size merged in (paper: paper-sized GPU runs)")
+    p.add_argument("name", help="size name, e.g. paper (lib/medvlp/sizes/<name>.yaml)")
     p.add_argument("--base", type=Path, default=Path("params.yaml"))
     p.add_argument("-o", "--out", type=Path, default=None, help="output file (default: print)")
-    p.set_defaults(func=_cmd_recipe)
+    p.set_defaults(func=_cmd_size)
 
     p = sub.add_parser("strip-notebooks", help="remove outputs from source notebooks")
     p.add_argument("notebooks", nargs="+", type=Path)
     p.set_defaults(func=_cmd_strip)
+
+    p = sub.add_parser("convert-fvlm", help="convert the official fVLM checkpoint into a medvlp model file")
+    p.add_argument("src", type=Path, help="official checkpoint (BlipPretrain state dict, possibly under 'model')")
+    p.add_argument("dst", type=Path, help="medvlp model file to write (load with medvlp.models.load_model)")
+    p.add_argument("--config", default="fvlm_official", help="model preset name or a .json model config "
+                   "(default: fvlm_official)")
+    p.add_argument("--text-model", type=Path, default=None, help="local BERT folder for the fvlm-official text "
+                   "tower (default: microsoft/BiomedVLP-CXR-BERT-specialized from the Hugging Face cache)")
+    p.set_defaults(func=_cmd_convert_fvlm)
 
     p = sub.add_parser("plots", help="dvc plots show (or diff) to offline HTML; check in headless Chromium that "
                                      "every declared plot drew")

@@ -111,14 +111,15 @@ def select_params(fn: Callable[..., Any], namespace: dict[str, Any]) -> dict[str
     return {k: namespace[k] for k in accepted if k in namespace}
 
 
-def recipe(name: str, base: dict[str, Any]) -> dict[str, Any]:
-    """``base`` (a params.yaml) with the recipe ``medvlp/recipes/<name>.yaml`` merged over it."""
+def apply_size(name: str, base: dict[str, Any]) -> dict[str, Any]:
+    """``base`` (a params.yaml) with the parameter-set size ``medvlp/sizes/<name>.yaml`` merged over it (e.g.
+    ``paper``: every model sized like its paper, for GPUs)."""
     from importlib import resources
 
-    folder = resources.files("medvlp.recipes")
+    folder = resources.files("medvlp.sizes")
     known = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
     if name not in known:
-        raise ValueError(f"unknown recipe {name!r}; known: {known}")
+        raise ValueError(f"unknown size {name!r}; known: {known}")
     overlay = load_yaml(folder.joinpath(f"{name}.yaml").read_text("utf-8")) or {}
-    # top-level ``x-*`` keys only hold YAML anchors that the recipe's sections reuse
+    # top-level ``x-*`` keys only hold YAML anchors that the size's sections reuse
     return deep_merge(base, {k: v for k, v in overlay.items() if not k.startswith("x-")})

@@ -11,6 +11,8 @@ import csv
 import json
 from pathlib import Path
 
+from medvlp.eval.formatting import fmt_boot, fmt_ci, fmt_p
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
@@ -57,15 +59,6 @@ def curation_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _ci(value: float, ci: list | tuple, digits: int = 3) -> str:
-    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
-
-
-def _boot(d: dict) -> str:
-    """``auc [ci_low, ci_high]`` of a bootstrap dict."""
-    return _ci(d["auc"], [d["ci_low"], d["ci_high"]])
-
-
 def chance_counts(per_class: dict) -> str:
     """``"a / b of n"``: classes whose bootstrap CI lies wholly above / below an AUROC of 0.5."""
     above = sum(v["ci_low"] > 0.5 for v in per_class.values())
@@ -82,13 +75,7 @@ def _mean_similarity(findings: dict) -> str:
 def _caption_macro(findings: dict) -> str:
     """The caption-scored macro AUROC with its CI (``-`` for reports without it)."""
     macro = findings.get("caption_macro")
-    return _boot(macro) if macro else "-"
-
-
-def _p(p: float | None) -> str:
-    if p is None or p != p:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return fmt_boot(macro) if macro else "-"
 
 
 def claims_markdown(report: dict) -> list[str]:
@@ -100,7 +87,7 @@ def claims_markdown(report: dict) -> list[str]:
         seeds = f"{c['seeds'][c['baseline']]} / {c['seeds'][c['method']]}"
         paper = "-" if c.get("paper_effect") is None else f"+{c['paper_effect']:.2f}"
         lines.append(f"| {c['claim']} | {c['baseline']} {c['baseline_value']:.3f} | {c['method']} "
-                     f"{c['method_value']:.3f} | {_ci(c['difference'], c['ci'])} | {_p(c.get('p_delong'))} | "
+                     f"{c['method_value']:.3f} | {fmt_ci(c['difference'], c['ci'])} | {fmt_p(c.get('p_delong'))} | "
                      f"{seeds} | {c['mde']:.3f} | {paper} | **{c['verdict']}** |")
     inconclusive = [c for c in claims if c["verdict"] == "inconclusive"]
     lines += ["", f"{len(inconclusive)} of {len(claims)} claims are inconclusive."]
@@ -110,6 +97,14 @@ def claims_markdown(report: dict) -> list[str]:
                 "and these seeds can detect"
             lines.append(f"- {c['claim']}: the paper's +{c['paper_effect']:.2f} {seen} (MDE {c['mde']:.3f}).")
     return lines
+
+
+def model_label(name: str, external: dict | None) -> str:
+    """A model's name in a results table; a released model is marked and its weights' checksum shown."""
+    if not external:
+        return name
+    digest = f", sha256 {external['sha256'][:12]}" if external.get("sha256") else ""
+    return f"{name} (released: {external['source']}{digest})"
 
 
 def zero_shot_markdown(report: dict) -> str:
@@ -137,7 +132,7 @@ def zero_shot_markdown(report: dict) -> str:
             i2t, t2i = r["retrieval"]["image_to_text"], r["retrieval"]["text_to_image"]
             probe = " / ".join(f"{v['macro']['auc']:.3f}" for _, v in sorted(r["linear_probe"].items(),
                                                                               key=lambda kv: float(kv[0])))
-            lines.append(f"| {m} | {_ci(macro['auc'], [macro['ci_low'], macro['ci_high']])} | "
+            lines.append(f"| {model_label(m, r.get('external'))} | {fmt_boot(macro)} | "
                          f"{chance_counts(r['findings']['per_finding'])} | {_mean_similarity(r['findings'])} | "
                          f"{_caption_macro(r['findings'])} | "
                          f"{i2t['recall@1']['estimate']:.3f} / {i2t['recall@10']['estimate']:.3f} | "
@@ -152,7 +147,8 @@ def zero_shot_markdown(report: dict) -> str:
                                                                               key=lambda kv: float(kv[0]))) or "-"
             v2r = (r.get("retrieval") or {}).get("volume_to_report")
             recall = f"{v2r['recall@1']['estimate']:.3f} / {v2r['recall@10']['estimate']:.3f}" if v2r else "-"
-            lines.append(f"| {m} | {_ci(mean['auc'], mean['ci'])} | {chance_counts(r['per_disease'])} | "
+            lines.append(f"| {model_label(m, r.get('external'))} | {fmt_ci(mean['auc'], mean['ci'])} | "
+                         f"{chance_counts(r['per_disease'])} | "
                          f"{mean['f1']:.3f} | {mean['sensitivity']:.3f} | {mean['specificity']:.3f} | {probe} | "
                          f"{recall} | {r.get('n_pairs', '-')} / {r.get('n_pairs_excluded', '-')} |")
     per_seed = {m: r["seed_results"] for part in (figures, ct) for m, r in part.items() if len(r["seed_results"]) > 1}
@@ -168,11 +164,13 @@ def explain_markdown(report: dict) -> str:
     lines = ["### Explanations against the true lesion masks (`reports/metrics/explain.json`)", "",
              "| model | pointing game | heatmap AUROC | concept annotation AUROC | concept bottleneck AUROC | "
              "linear probe AUROC |", "|---|---|---|---|---|---|"]
-    for m, loc in report.get("localization", {}).items():
-        ann, cbm = report["concept_annotation"][m], report["bottleneck"][m]
-        cells = [_ci(loc["pointing"], loc["pointing_ci"]), _ci(loc["heatmap_auc"], loc["heatmap_auc_ci"]),
-                 _boot(ann), _boot(cbm["macro"]), _boot(cbm["probe_macro"])]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    external = report.get("external", {})
+    for m, ann in report.get("concept_annotation", {}).items():
+        loc, cbm = report.get("localization", {}).get(m), report["bottleneck"][m]
+        cells = [fmt_ci(loc["pointing"], loc["pointing_ci"]) if loc else "- (no patch tokens)",
+                 fmt_ci(loc["heatmap_auc"], loc["heatmap_auc_ci"]) if loc else "-",
+                 fmt_boot(ann), fmt_boot(cbm["macro"]), fmt_boot(cbm["probe_macro"])]
+        lines.append(f"| {model_label(m, external.get(m))} | " + " | ".join(cells) + " |")
     n = next(iter(report.get("localization", {}).values()), {}).get("n_pairs", 0)
     lines += ["", f"Over {n} (test image, finding) pairs; pointing-game tolerance "
               f"{next(iter(report.get('localization', {}).values()), {}).get('tolerance_px', 0)} px.", "",

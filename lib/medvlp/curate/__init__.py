@@ -21,7 +21,7 @@ worker does not pull in matplotlib, pandas and the rest of the stage.
 
 from __future__ import annotations
 
-import importlib
+from medvlp.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "compound_captions": ("SubCaption", "split_compound_caption"),
@@ -36,18 +36,4 @@ _EXPORTS = {
     "split": ("assign_splits", "split_of"),
     "text_metrics": ("score_compound_split", "score_mentions", "score_sentence_assignment"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'medvlp.curate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"medvlp.curate.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

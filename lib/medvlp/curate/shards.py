@@ -104,7 +104,10 @@ def write_shards(samples: Iterable[dict], folder: str | Path, split: str, max_sa
     return paths
 
 
-def _decode(sample: dict, ext: str, data: bytes) -> None:
+def decode_member(sample: dict, ext: str, data: bytes) -> None:
+    """Decode one shard member into ``sample`` by its extension: ``png``/``jpg`` -> ``image``, ``json`` ->
+    ``meta``, ``nii.gz`` -> ``volume`` + ``affine``, ``seg.nii.gz`` -> ``segmentation``, anything else
+    -> the raw bytes under the extension."""
     if ext in ("png", "jpg", "jpeg"):
         sample["image"] = decode_image_bytes(data)
     elif ext == "json":
@@ -144,6 +147,6 @@ def iter_shard_samples(paths: Iterable[str | Path]) -> Iterator[dict]:
                     current = None
                 if current is None:
                     current = {"__key__": key, "__shard__": str(path)}
-                _decode(current, ext, tar.extractfile(member).read())
+                decode_member(current, ext, tar.extractfile(member).read())
         if current is not None:
             yield current

@@ -13,7 +13,7 @@ into model inputs for one image size. CT studies go through the evaluation branc
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medvlp.data.io import read_label_map, read_volume
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
 from medvlp.train.data import ShardReader, decode_sample, find_shards, index_shards
 from medvlp.train.transforms import ImageTransform, VolumeTransform
@@ -145,6 +146,8 @@ class CTSet:
     anatomy_ids: the A anatomies of the lexicon, in order; intact: ``[N, A]`` bool, the anatomy is intact
     in the crop (:func:`intact_anatomies`; None = not computed, everything counts as intact);
     anatomy_texts: per study ``{anatomy: text}`` of the curated report decomposition (fVLM), or None.
+    known: ``[N, K]`` bool, the label of the pair is known (False: the truth lists it in ``unknown_labels``,
+    e.g. a CT-RATE cell of -1; such pairs are not scored); None = every label known.
     """
 
     ids: list[str]
@@ -158,6 +161,7 @@ class CTSet:
     anatomy_ids: list[str] | None = None
     intact: np.ndarray | None = None
     anatomy_texts: list[dict[str, str]] | None = None
+    known: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -210,13 +214,28 @@ def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatia
             least fraction of the anatomy's voxels in the whole segmentation; None leaves ``intact`` unset.
             (Evaluation does not resample: voxel counts of the source and the crop are comparable.)
     """
-    truth = read_truth(truth_path)
+    samples = _iter_split(curated_dir, "ct", split, limit, f"ct/{split}")
+    return ct_set(samples, lexicon, spatial_size, read_truth(truth_path), hu_window=hu_window,
+                  report_sections=report_sections, intact_min_fraction=intact_min_fraction)
+
+
+def ct_set(samples: Iterable[dict], lexicon: AnatomyLexicon, spatial_size: Sequence[int], truth: dict[str, dict], *,
+           hu_window: Sequence[float], report_sections: Sequence[str], intact_min_fraction: float | None) -> CTSet:
+    """:class:`CTSet` of decoded CT samples (curated shards or an ingested corpus), through the evaluation
+    branch of :class:`~medvlp.train.transforms.VolumeTransform`.
+
+    Args:
+        samples: dicts ``{"meta": {"id", report sections, optional "anatomy_text"}, "volume": [X, Y, Z] HU,
+            "segmentation": [X, Y, Z] ints, "affine": [4, 4] or absent}`` (the form of the shards' decoder).
+        truth: ``{id: truth record}`` (:func:`read_truth`); a record's ``unknown_labels`` mark pairs whose
+            label is unknown (``known`` False).
+        hu_window, report_sections, intact_min_fraction: as for :func:`load_ct`.
+    """
     abn = list(lexicon.abnormalities)
-    abnormality_ids = [a.id for a in abn]
     transform = VolumeTransform(spatial_size, hu_window=hu_window)
-    ids, vols, labs, reports, rows, has_truth, texts, full = [], [], [], [], [], [], [], []
+    ids, vols, labs, reports, rows, known, has_truth, texts, full = [], [], [], [], [], [], [], [], []
     anatomy_labels = [a.label for a in lexicon.anatomies]
-    for sample in _iter_split(curated_dir, "ct", split, limit, f"ct/{split}"):
+    for sample in samples:
         meta = sample["meta"]
         sid = str(meta["id"])
         vol, lab = transform(sample["volume"], sample["segmentation"], sample.get("affine"), None)
@@ -225,6 +244,7 @@ def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatia
         if rec is not None:
             present = {(anatomy, a) for anatomy, found in (rec.get("labels") or {}).items() for a in found}
             row[:] = [(a.anatomy, a.id) in present for a in abn]
+        unknown = set((rec or {}).get("unknown_labels") or ())
         ids.append(sid)
         vols.append(vol)
         labs.append(lab.to(torch.int16))
@@ -232,6 +252,7 @@ def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatia
         texts.append(_anatomy_texts(meta.get("anatomy_text")))
         full.append([int((sample["segmentation"] == v).sum()) for v in anatomy_labels])
         rows.append(row)
+        known.append([a.id not in unknown for a in abn])
         has_truth.append(rec is not None)
     size = tuple(int(s) for s in spatial_size)
     label_maps = torch.stack(labs) if labs else torch.zeros(0, *size, dtype=torch.int16)
@@ -241,8 +262,42 @@ def load_ct(curated_dir: str | Path, split: str, lexicon: AnatomyLexicon, spatia
         intact = intact_anatomies(label_maps, anatomy_labels, full_sizes, intact_min_fraction)
     return CTSet(ids, torch.stack(vols) if vols else torch.zeros(0, 1, *size), label_maps, reports,
                  np.stack(rows) if rows else np.zeros((0, len(abn)), dtype=bool),
-                 np.asarray(has_truth, dtype=bool), abnormality_ids, [a.anatomy for a in abn],
-                 [a.id for a in lexicon.anatomies], intact, texts)
+                 np.asarray(has_truth, dtype=bool), [a.id for a in abn], [a.anatomy for a in abn],
+                 [a.id for a in lexicon.anatomies], intact, texts,
+                 np.asarray(known, dtype=bool).reshape(len(ids), len(abn)))
+
+
+def ingested_ct_samples(ct_dir: str | Path, ids: Sequence[str]) -> Iterator[dict]:
+    """The studies ``ids`` of an ingested ``<corpus>/ct`` folder (``manifest.jsonl``; volume and
+    segmentation paths relative to the folder), decoded as the curated shards decode them (canonical RAS,
+    HU, the file's affine): dicts for :func:`ct_set`.
+
+    Raises:
+        KeyError: an id the manifest lacks.
+    """
+    root = Path(ct_dir)
+    manifest = read_truth(root / "manifest.jsonl")  # {id: record}: any JSON Lines keyed by ``id``
+    for sid in tqdm(ids, desc=f"{root.name} (ingested)", unit="study", leave=False, disable=len(ids) < 50):
+        if sid not in manifest:
+            raise KeyError(f"{root / 'manifest.jsonl'} has no study {sid!r}")
+        rec = manifest[sid]
+        vol = read_volume(root / rec["volume"])
+        yield {"meta": rec, "volume": vol.array, "affine": vol.affine,
+               "segmentation": read_label_map(root / rec["segmentation"])}
+
+
+def load_ingested_ct(ct_dir: str | Path, ids: Sequence[str], lexicon: AnatomyLexicon, spatial_size: Sequence[int], *,
+                     intact_min_fraction: float | None, hu_window: Sequence[float] = (-1150.0, 350.0),
+                     report_sections: Sequence[str] = ("impression", "findings")) -> CTSet:
+    """:func:`load_ct` for an ingested corpus (``medvlp ingest``'s ``<dst>/ct`` folder) instead of curated
+    shards: the studies ``ids`` in that order, their truth from the folder's ``ct_truth.jsonl``, the same
+    transform; ``anatomy_texts`` are empty (no curation ran). Returns a :class:`CTSet` of N = len(ids).
+
+    Raises:
+        KeyError: an id the folder's manifest lacks.
+    """
+    return ct_set(ingested_ct_samples(ct_dir, ids), lexicon, spatial_size, read_truth(Path(ct_dir) / "ct_truth.jsonl"),
+                  hu_window=hu_window, report_sections=report_sections, intact_min_fraction=intact_min_fraction)
 
 
 def _anatomy_texts(value) -> dict[str, str]:

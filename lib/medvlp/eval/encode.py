@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvlp.eval.model_under_test import input_image_size
 from medvlp.eval.prompts import Prompt
 from medvlp.models import FVLM, RadCLIP
 from medvlp.models.concept_spans import tokenize_with_concepts
@@ -126,12 +127,37 @@ class VolumeFeatures(NamedTuple):
     present: torch.Tensor | None
 
 
-def encode_volumes(model: nn.Module, volumes: torch.Tensor, label_maps: torch.Tensor, *, batch_size: int = 8,
-                   slice_stride: int = 1) -> VolumeFeatures:
+def in_anatomy_order(feats: VolumeFeatures, model_labels: Sequence[int], labels: Sequence[int]) -> VolumeFeatures:
+    """fVLM features over the model's anatomies (``model_labels``, its queries' order) placed at ``labels`` (the
+    lexicon's anatomies, in order): ``[N, A_model, E]`` -> ``[N, A, E]``; an anatomy the model has no query for is
+    all-zero, not valid and not present (a released fVLM knows 4 anatomies, in its own order).
+
+    Raises:
+        ValueError: the model shares no anatomy label with ``labels``.
+    """
+    if list(model_labels) == list(labels):
+        return feats
+    where = {int(v): i for i, v in enumerate(model_labels)}
+    pairs = [(j, where[int(v)]) for j, v in enumerate(labels) if int(v) in where]
+    if not pairs:
+        raise ValueError(f"the model's anatomy labels {list(model_labels)} share none with the lexicon's "
+                         f"{list(labels)}; check the model's anatomy_labels against the label maps")
+    dst, src = (list(x) for x in zip(*pairs, strict=True))
+    n, e = feats.embedding.shape[0], feats.embedding.shape[-1]
+    emb = torch.zeros(n, len(labels), e, dtype=feats.embedding.dtype)
+    valid = torch.zeros(n, len(labels), dtype=torch.bool)
+    present = torch.zeros(n, len(labels), dtype=torch.bool)
+    emb[:, dst], valid[:, dst], present[:, dst] = feats.embedding[:, src], feats.valid[:, src], feats.present[:, src]
+    return VolumeFeatures(emb, valid, present)
+
+
+def encode_volumes(model: nn.Module, volumes: torch.Tensor, label_maps: torch.Tensor, *,
+                   anatomy_labels: Sequence[int] | None, batch_size: int = 8, slice_stride: int = 1) -> VolumeFeatures:
     """CT volumes ``[N, 1, X, Y, Z]`` (+ label maps ``[N, X, Y, Z]``) -> :class:`VolumeFeatures`.
 
-    fVLM: per-anatomy embeddings; ct_global: the global embedding; RadCLIP: its axial slices
-    (every ``slice_stride``-th) through the 2D tower, then slice pooling.
+    fVLM: per-anatomy embeddings, in the order of ``anatomy_labels`` (the evaluation lexicon's labels:
+    :func:`in_anatomy_order`; None keeps the model's own order); ct_global: the global embedding; RadCLIP: its
+    axial slices (every ``slice_stride``-th) through the 2D tower, then slice pooling.
     """
     embs, valid, present = [], [], []
     with evaluating(model) as device:
@@ -143,10 +169,11 @@ def encode_volumes(model: nn.Module, volumes: torch.Tensor, label_maps: torch.Te
                 valid.append(out.valid.cpu())
                 present.append(out.token_mask.any(dim=-1).cpu())
             elif isinstance(model, RadCLIP):
-                slices = volume_to_slices(vol, model.image.image_size[0], slice_stride)
+                slices = volume_to_slices(vol, input_image_size(model), slice_stride)
                 embs.append(model.encode_volume(slices).embedding.float().cpu())
             else:
                 embs.append(model.encode_volume(vol).embedding.float().cpu())
     if isinstance(model, FVLM):
-        return VolumeFeatures(torch.cat(embs), torch.cat(valid), torch.cat(present))
+        feats = VolumeFeatures(torch.cat(embs), torch.cat(valid), torch.cat(present))
+        return feats if anatomy_labels is None else in_anatomy_order(feats, model.anatomy_labels, anatomy_labels)
     return VolumeFeatures(torch.cat(embs), None, None)

@@ -32,6 +32,7 @@ from medvlp.eval.metrics import (
     operating_point,
     retrieval_ranks,
 )
+from medvlp.eval.model_under_test import input_image_size
 from medvlp.eval.zero_shot import disease_scores, finding_scores, local_top_k, prompt_similarity
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
 from medvlp.models import FVLM
@@ -80,7 +81,7 @@ def finding_pairs(figures: FigureSet, lexicon: ConceptLexicon) -> np.ndarray:
 def image_features(model: nn.Module, figures: FigureSet, *, with_patches: bool = True,
                    batch_size: int = 128) -> ImageFeatures:
     """Encode ``figures`` at the model's image size (global embeddings, PC-Align patches if any)."""
-    images = figure_tensors(figures.images, model.image.image_size[0])
+    images = figure_tensors(figures.images, input_image_size(model))
     return encode_images(model, images, with_patches=with_patches, batch_size=batch_size)
 
 
@@ -172,9 +173,12 @@ def evaluate_linear_probe(train_feats: ImageFeatures, train: FigureSet, test_fea
 
 
 def ct_pairs(studies: CTSet) -> np.ndarray:
-    """``[N, K]`` bool: the (study, abnormality) pairs every CT model is scored on: the study has truth
-    and the abnormality's anatomy is intact in the crop (``studies.intact``, when known)."""
+    """``[N, K]`` bool: the (study, abnormality) pairs every CT model is scored on: the study has truth,
+    the pair's label is known (``studies.known``, when given) and the abnormality's anatomy is intact in the
+    crop (``studies.intact``, when known)."""
     pairs = np.repeat(studies.has_truth[:, None], len(studies.abnormality_ids), axis=1)
+    if studies.known is not None:
+        pairs &= studies.known
     if studies.intact is not None:
         column = {a: i for i, a in enumerate(studies.anatomy_ids)}
         pairs &= studies.intact[:, [column[a] for a in studies.anatomy_of]]
@@ -189,10 +193,11 @@ def evaluate_ct(model: nn.Module, studies: CTSet, lexicon: AnatomyLexicon, *, ne
     fVLM models score each abnormality with its anatomy's embedding; ct_global and RadCLIP with the
     volume embedding. Only the pairs of :func:`ct_pairs` are scored (intact anatomies, studies with truth);
     ``n_pairs`` / ``n_pairs_excluded`` count the (study, abnormality) pairs of the studies with truth that
-    were scored / left out because the anatomy was not intact. Scores: task ``ct_diagnosis``.
+    were scored / left out because the anatomy was not intact or the label is unknown. Scores: task ``ct_diagnosis``.
     """
     if feats is None:
-        feats = encode_volumes(model, studies.volumes, studies.label_maps, slice_stride=slice_stride)
+        feats = encode_volumes(model, studies.volumes, studies.label_maps, slice_stride=slice_stride,
+                               anatomy_labels=[a.label for a in lexicon.anatomies])
     pairs = ct_pairs(studies)
     scores = disease_scores(model, feats, lexicon, negative=negative, intact=studies.intact)
     scores[~pairs] = np.nan

@@ -29,6 +29,7 @@ from numpy.typing import ArrayLike
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.preprocessing import StandardScaler
 from threadpoolctl import ThreadpoolController
 
 from .metrics import TABLE_KEYS, auroc, auroc_table, bootstrap_ci, macro_mean
@@ -100,11 +101,10 @@ def probe_subset(train_y: ArrayLike, fraction: float, seed: int = 0) -> np.ndarr
 
 # ------------------------------------------------------------------------------------------ fits
 def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """``train`` and ``others`` standardised with ``train``'s column mean and std (std 0 -> 1)."""
-    mean = train.mean(axis=0)
-    std = train.std(axis=0)
-    std[std == 0] = 1.0
-    return [(a - mean) / std for a in (train, *others)]
+    """``train`` and ``others`` standardised with ``train``'s column mean and std (scikit-learn's
+    ``StandardScaler``: population std, a zero-variance column left unscaled)."""
+    scaler = StandardScaler().fit(train)
+    return [scaler.transform(a) for a in (train, *others)]
 
 
 @functools.cache

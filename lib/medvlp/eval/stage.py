@@ -13,6 +13,8 @@ volume models (``ct_models``) on the CT studies. It writes:
      "ablations": {name: [{model, metric, value, ci}]}, "claims": [...], "n_inconclusive"}
 
   where each model's metrics are those of its first seed and ``seed_results`` gives every seed's headline;
+  released models (``external_models``) sit beside ours in ``figures`` / ``ct``, scored once on the same
+  items, with their provenance under ``"external"`` and empty ``seed_results``;
 - ``scores_dir/<model>.parquet``: every per-item score of every seed (columns ``seed``, ``task``, ``item``,
   ``class``, ``label``, ``score``; :func:`~medvlp.eval.evaluate.score_frame`), from which each claim is
   recomputed by :func:`claim_rows` without running any model.
@@ -55,6 +57,7 @@ from medvlp.eval.evaluate import (
     evaluate_retrieval,
     image_features,
 )
+from medvlp.eval.external import describe, load_external_model
 from medvlp.lexicon import load_anatomy_lexicon, load_concept_lexicon
 from medvlp.metrics_json import write_metrics
 from medvlp.models import load_model
@@ -147,10 +150,11 @@ def evaluate_volume_model(model: torch.nn.Module, test, train, lexicon, *, negat
                           ks: Sequence[int], fractions: Sequence[float]) -> Evaluation:
     """fVLM's zero-shot diagnosis and RadCLIP's two protocols (linear probe on ``train``, a CTSet, and
     volume<->report retrieval) of one CT model."""
-    test_feats = encode_volumes(model, test.volumes, test.label_maps)
+    labels = [a.label for a in lexicon.anatomies]
+    test_feats = encode_volumes(model, test.volumes, test.label_maps, anatomy_labels=labels)
     diagnosis = evaluate_ct(model, test, lexicon, negative=negative, n_boot=n_boot, seed=seed, feats=test_feats)
     retrieval = evaluate_ct_retrieval(model, test, test_feats, ks=ks, n_boot=n_boot, seed=seed)
-    train_feats = encode_volumes(model, train.volumes, train.label_maps)
+    train_feats = encode_volumes(model, train.volumes, train.label_maps, anatomy_labels=labels)
     probe = evaluate_ct_probe(model, train_feats, train, test_feats, test, fractions=fractions, n_boot=n_boot,
                               seed=seed)
     metrics = {**diagnosis.metrics, "probe": probe.metrics, "retrieval": retrieval.metrics}
@@ -273,20 +277,35 @@ def _write_scores(frame: pd.DataFrame, path: Path) -> None:
     frame.to_parquet(path, index=False)
 
 
+def is_volume_model(model: torch.nn.Module) -> bool:
+    """Whether a model is scored on CT studies (fvlm, ct_global, radclip) rather than on 2D figures."""
+    config = getattr(model, "config", None)
+    return isinstance(config, dict) and config.get("kind") in ("fvlm", "ct_global", "radclip")
+
+
 @stage_function("zero_shot", seeds="seeds")
 def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str,
                   figure_models: Sequence[str], ct_models: Sequence[str], seeds: Mapping[str, Sequence[int]],
+                  external_models: Mapping[str, dict], allow_download: bool,
                   split: str, n_boot: int, seed: int, local_weight: float, local_top_fraction: float,
                   ct_negative_prompt: str, intact_min_fraction: float, retrieval_ks: Sequence[int],
                   probe_fractions: Sequence[float], concept_lexicon: str | None, anatomy_lexicon: str | None,
                   metrics_path: str, scores_dir: str, progress: bool = True) -> dict:
-    """Evaluate every seed of every model, write ``scores_dir`` and ``metrics_path``; returns the report
-    (see the module docstring). Every argument is a key of params.yaml's ``zero_shot`` section, except
-    ``seeds`` (the top-level ``seeds`` section: the training seeds of each model).
+    """Evaluate every seed of every model, then every external model, write ``scores_dir`` and
+    ``metrics_path``; returns the report (see the module docstring). Every argument is a key of params.yaml's
+    ``zero_shot`` section, except ``seeds`` (the top-level ``seeds`` section: the training seeds of each model).
+
+    ``external_models`` (name -> spec of :func:`~medvlp.eval.external.load_external_model`): released models
+    scored by the same code on the same items, once (their ``seed_results`` are empty, and no claim uses them);
+    their entries carry ``"external"``, the provenance record of :func:`~medvlp.eval.external.describe`
+    (source, revision, sha256 of local weights). ``allow_download``: let an adapter fetch a model that is not
+    in the local cache (off by default: a missing model fails at once with the command that fetches it).
 
     Raises:
         KeyError: a model without seeds.
-        FileNotFoundError: a checkpoint is missing (naming the stage that makes it).
+        ValueError: an external model named like one of ours, or a bad spec.
+        FileNotFoundError: a checkpoint is missing (naming the stage that makes it), or an external model is not
+            cached.
     """
     started = time.perf_counter()
     data = Path(data_dir)
@@ -295,19 +314,27 @@ def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpo
     missing = [m for m in (*figure_models, *ct_models) if not seeds.get(m)]
     if missing:
         raise KeyError(f"zero_shot: no training seeds for {missing}; list them in params.yaml `seeds`")
+    clash = sorted(set(external_models) & {*figure_models, *ct_models})
+    if clash:
+        raise ValueError(f"zero_shot.external_models {clash} are named like trained models; rename them")
     report: dict[str, Any] = {"split": split, "n_boot": n_boot, "seed": seed, "checkpoint": checkpoint,
                               "seeds": {m: list(seeds[m]) for m in (*figure_models, *ct_models)},
                               "figures": {}, "ct": {}}
     scores: dict[str, pd.DataFrame] = {}
     runs = [(m, s) for m in figure_models for s in seeds[m]] + [(m, s) for m in ct_models for s in seeds[m]]
+    runs += [(m, None) for m in external_models]
     bar = tqdm(runs, desc="zero-shot", unit="run", disable=not progress)
     figure_sets: tuple | None = None
     ct_sets: dict[tuple, tuple] = {}
     per_model: dict[str, list[pd.DataFrame]] = {}
     for name, s in bar:
-        bar.set_postfix_str(run_name(name, s))
-        model = load_model(checkpoint_path(pretrain_dir, run_name(name, s), checkpoint))
-        if name in figure_models:
+        external = s is None
+        bar.set_postfix_str(name if external else run_name(name, s))
+        if external:
+            model = load_external_model(name, external_models[name], allow_download=allow_download)
+        else:
+            model = load_model(checkpoint_path(pretrain_dir, run_name(name, s), checkpoint))
+        if not (name in ct_models or (external and is_volume_model(model))):
             if figure_sets is None:
                 truth = data / "figures" / "figures_truth.jsonl"
                 figure_sets = (load_figures(curated_dir, split, concepts, truth),
@@ -318,8 +345,12 @@ def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpo
                                            ks=retrieval_ks, fractions=probe_fractions)
             collection = "figures"
         else:
-            size = volume_size(model.config) if has_volume_tower(model.config) \
-                else _radclip_volume_size(pretrain_dir, run_name(name, s), model.config)
+            if has_volume_tower(model.config):
+                size = volume_size(model.config)
+            elif external:
+                size = input_volume_size(model.config)
+            else:
+                size = _radclip_volume_size(pretrain_dir, run_name(name, s), model.config)
             if size not in ct_sets:
                 truth = data / "ct" / "ct_truth.jsonl"
                 ct_sets[size] = tuple(load_ct(curated_dir, part, anatomies, size, truth,
@@ -328,9 +359,12 @@ def run_zero_shot(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpo
             result = evaluate_volume_model(model, *ct_sets[size], anatomies, negative=ct_negative_prompt,
                                            n_boot=n_boot, seed=seed, ks=retrieval_ks, fractions=probe_fractions)
             collection = "ct"
-        per_model.setdefault(name, []).append(result.scores.assign(seed=s))
+        per_model.setdefault(name, []).append(result.scores.assign(seed=0 if external else s))
         entry = report[collection].setdefault(name, {**result.metrics, "seed_results": {}})
-        entry["seed_results"][str(s)] = headline(collection, result.metrics)[0]
+        if external:
+            entry["external"] = describe(name, external_models[name], model)
+        else:
+            entry["seed_results"][str(s)] = headline(collection, result.metrics)[0]
     for name, frames in per_model.items():
         scores[name] = pd.concat(frames, ignore_index=True)[["seed", "task", "item", "class", "label", "score"]]
         _write_scores(scores[name], Path(scores_dir) / f"{name}.parquet")

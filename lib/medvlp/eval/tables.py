@@ -1,6 +1,6 @@
 """Tables of the zero-shot report (``reports/metrics/zero_shot.json``) as pandas DataFrames.
 
-Every value is read from the report; ``fmt_ci`` renders ``0.812 [0.771, 0.850]``.
+Every value is read from the report and written by :mod:`medvlp.eval.formatting`.
 """
 
 from __future__ import annotations
@@ -10,16 +10,13 @@ from typing import Any
 
 import pandas as pd
 
-
-def fmt_ci(value: float, low: float, high: float, digits: int = 3) -> str:
-    """``value [low, high]`` with ``digits`` decimals (``nan`` stays ``nan``)."""
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+from medvlp.eval.formatting import fmt_boot, fmt_ci, fmt_p
 
 
 def ablation_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """One row per (ablation, model): the headline AUROC with its 95% CI."""
     rows = [{"ablation": name, "model": r["model"], "metric": r["metric"],
-             "AUROC [95% CI]": fmt_ci(r["value"], *r["ci"])}
+             "AUROC [95% CI]": fmt_ci(r["value"], r["ci"])}
             for name, rs in report["ablations"].items() for r in rs]
     return pd.DataFrame(rows).set_index(["ablation", "model"]) if rows else pd.DataFrame()
 
@@ -32,12 +29,12 @@ def findings_table(report: Mapping[str, Any], names: Mapping[str, str] | None = 
     for model, res in figures.items():
         col = {}
         for cid, v in res["findings"]["per_finding"].items():
-            col[(names or {}).get(cid, cid)] = fmt_ci(v["auc"], v["ci_low"], v["ci_high"], 2)
+            col[(names or {}).get(cid, cid)] = fmt_boot(v, 2)
         m = res["findings"]["macro"]
-        col["macro mean"] = fmt_ci(m["auc"], m["ci_low"], m["ci_high"])
+        col["macro mean"] = fmt_boot(m)
         if "caption_macro" in res["findings"]:
             c = res["findings"]["caption_macro"]
-            col["macro mean from the captions"] = fmt_ci(c["auc"], c["ci_low"], c["ci_high"])
+            col["macro mean from the captions"] = fmt_boot(c)
         out[model] = col
     return pd.DataFrame(out)
 
@@ -62,7 +59,7 @@ def retrieval_table(report: Mapping[str, Any]) -> pd.DataFrame:
             row = {"model": model, "direction": direction.replace("_", " ")}
             for key, v in r.items():
                 if isinstance(v, Mapping):
-                    row[key] = fmt_ci(v["estimate"], v["ci_low"], v["ci_high"], 3 if key.startswith("recall") else 1)
+                    row[key] = fmt_boot(v, 3 if key.startswith("recall") else 1, key="estimate")
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "direction"]) if rows else pd.DataFrame()
 
@@ -71,11 +68,9 @@ def probe_table(report: Mapping[str, Any]) -> pd.DataFrame:
     """Linear-probe macro AUROC per label fraction, next to the zero-shot macro AUROC."""
     rows = []
     for model, res in report["figures"].items():
-        row = {"model": model, "zero-shot": fmt_ci(res["findings"]["macro"]["auc"], res["findings"]["macro"]["ci_low"],
-                                                    res["findings"]["macro"]["ci_high"])}
+        row = {"model": model, "zero-shot": fmt_boot(res["findings"]["macro"])}
         for fraction, r in res["linear_probe"].items():
-            row[f"probe {float(fraction):.0%} ({r['n_train']} images)"] = fmt_ci(
-                r["macro"]["auc"], r["macro"]["ci_low"], r["macro"]["ci_high"])
+            row[f"probe {float(fraction):.0%} ({r['n_train']} images)"] = fmt_boot(r["macro"])
         rows.append(row)
     return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
 
@@ -90,18 +85,12 @@ def ct_table(report: Mapping[str, Any], metric: str = "auc") -> pd.DataFrame:
     for model, res in report["ct"].items():
         col = {}
         for abn, v in res["per_disease"].items():
-            col[f"{abn} ({v['anatomy']})"] = fmt_ci(v["auc"], v["ci_low"], v["ci_high"], 2) if metric == "auc" \
+            col[f"{abn} ({v['anatomy']})"] = fmt_boot(v, 2) if metric == "auc" \
                 else f"{v[metric]:.2f}"
         mean = res["mean"]
-        col["mean"] = fmt_ci(mean["auc"], *mean["ci"]) if metric == "auc" else f"{mean[metric]:.3f}"
+        col["mean"] = fmt_ci(mean["auc"], mean["ci"]) if metric == "auc" else f"{mean[metric]:.3f}"
         out[model] = col
     return pd.DataFrame(out)
-
-
-def _p_value(p: float | None) -> str:
-    if p is None or p != p:
-        return "-"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def claims_table(report: Mapping[str, Any]) -> pd.DataFrame:
@@ -114,7 +103,7 @@ def claims_table(report: Mapping[str, Any]) -> pd.DataFrame:
             "claim": r["claim"], "metric": r["metric"], "baseline": r["baseline"],
             "baseline value": f"{r['baseline_value']:.3f}", "method": r["method"],
             "method value": f"{r['method_value']:.3f}",
-            "difference [95% CI]": fmt_ci(r["difference"], *r["ci"]), "DeLong p": _p_value(r.get("p_delong")),
+            "difference [95% CI]": fmt_ci(r["difference"], r["ci"]), "DeLong p": fmt_p(r.get("p_delong")),
             "seeds (baseline / method)": seeds, "MDE (80% power)": f"{r['mde']:.3f}",
             "paper's effect": "-" if r.get("paper_effect") is None else f"+{r['paper_effect']:.2f}",
             "verdict": r["verdict"]})
@@ -126,13 +115,12 @@ def ct_protocols_table(report: Mapping[str, Any]) -> pd.DataFrame:
     report->volume Recall@K, next to the zero-shot mean AUROC."""
     rows = []
     for model, res in report.get("ct", {}).items():
-        row = {"model": model, "zero-shot": fmt_ci(res["mean"]["auc"], *res["mean"]["ci"])}
+        row = {"model": model, "zero-shot": fmt_ci(res["mean"]["auc"], res["mean"]["ci"])}
         for fraction, r in (res.get("probe") or {}).items():
-            row[f"probe {float(fraction):.0%} ({r['n_train']} studies)"] = fmt_ci(
-                r["macro"]["auc"], r["macro"]["ci_low"], r["macro"]["ci_high"])
+            row[f"probe {float(fraction):.0%} ({r['n_train']} studies)"] = fmt_boot(r["macro"])
         for direction, r in (res.get("retrieval") or {}).items():
             for key, v in r.items():
                 if key.startswith("recall@"):
-                    row[f"{direction.replace('_', ' ')} {key}"] = fmt_ci(v["estimate"], v["ci_low"], v["ci_high"])
+                    row[f"{direction.replace('_', ' ')} {key}"] = fmt_boot(v, key="estimate")
         rows.append(row)
     return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from medvlp.eval.encode import ImageFeatures, VolumeFeatures, prompt_ensembles
-from medvlp.eval.prompts import FINDING_TEMPLATES, disease_prompts, finding_prompts
+from medvlp.eval.prompts import FINDING_TEMPLATES, Prompt, disease_prompts, finding_prompts
 from medvlp.lexicon import AnatomyLexicon, ConceptLexicon
 
 #: Patches averaged in ConceptCLIP's local score when none is given (the stage passes
@@ -142,22 +142,46 @@ def disease_scores(model: nn.Module, feats: VolumeFeatures, lexicon: AnatomyLexi
     NaN where the abnormality's anatomy has no token in the study (fVLM), and, when ``intact`` (``[N, A]``
     bool, anatomies in lexicon order) is given, where it is not intact in the crop (every model).
     """
-    anatomy_index = {a.id: i for i, a in enumerate(lexicon.anatomies)}
     pos_sets, neg_sets = zip(*(disease_prompts(x, lexicon, negative) for x in lexicon.abnormalities))
-    pos = prompt_ensembles(model, pos_sets)  # [K, E]
-    neg = prompt_ensembles(model, neg_sets)
+    probs = prompt_pair_scores(model, feats, pos_sets, neg_sets, _anatomy_columns(lexicon))
+    if intact is not None:
+        probs[~np.asarray(intact, dtype=bool)[:, _anatomy_columns(lexicon)]] = np.nan
+    return probs
+
+
+def prompt_pair_scores(model: nn.Module, feats: VolumeFeatures, positives: Sequence[Sequence[Prompt]],
+                       negatives: Sequence[Sequence[Prompt]], anatomy_columns: Sequence[int | None]) -> np.ndarray:
+    """``[N, K]`` ``softmax(t * [<v, p_k>, <v, n_k>])[0]`` for K classes given by their prompt ensembles.
+
+    Args:
+        feats: ``embedding`` ``[N, E]`` (global models: v is the volume embedding for every class) or
+            ``[N, A, E]`` with ``present`` ``[N, A]`` (fVLM: v is the embedding of class k's anatomy).
+        positives / negatives: K prompt lists each (ensembled by :func:`~medvlp.eval.encode.prompt_ensembles`).
+        anatomy_columns: K anatomy indices into ``embedding``'s A axis; None for a class without an anatomy
+            (fVLM cannot score it: NaN; global models ignore the indices).
+
+    Returns:
+        float64 ``[N, K]``; NaN where fVLM has no embedding for the class (no anatomy, or no token of it).
+
+    Raises:
+        ValueError: ``positives``, ``negatives`` and ``anatomy_columns`` differ in length.
+    """
+    if not len(positives) == len(negatives) == len(anatomy_columns):
+        raise ValueError(f"{len(positives)} positive, {len(negatives)} negative prompt sets and "
+                         f"{len(anatomy_columns)} anatomy columns: one of each per class")
+    pos = prompt_ensembles(model, positives)  # [K, E]
+    neg = prompt_ensembles(model, negatives)
     with torch.inference_mode():
         scale = float(model.logit_scale_exp())
     emb = feats.embedding
-    if emb.ndim == 3:  # fVLM: [N, A, E], pick each abnormality's anatomy
-        idx = torch.as_tensor([anatomy_index[x.anatomy] for x in lexicon.abnormalities])
+    if emb.ndim == 3:  # fVLM: [N, A, E], pick each class's anatomy
+        has_anatomy = np.asarray([c is not None for c in anatomy_columns], dtype=bool)
+        idx = torch.as_tensor([0 if c is None else int(c) for c in anatomy_columns], dtype=torch.long)
         v = emb[:, idx]  # [N, K, E]
-        scored = feats.present[:, idx].numpy()
+        scored = feats.present[:, idx].numpy() & has_anatomy[None, :]
     else:
         v = emb[:, None, :].expand(-1, pos.shape[0], -1)
         scored = np.ones(v.shape[:2], dtype=bool)
-    if intact is not None:
-        scored = scored & np.asarray(intact, dtype=bool)[:, _anatomy_columns(lexicon)]
     logits = scale * torch.stack([(v * pos).sum(-1), (v * neg).sum(-1)], dim=-1)  # [N, K, 2]
     probs = torch.softmax(logits, dim=-1)[..., 0].numpy().astype(np.float64)
     probs[~scored] = np.nan

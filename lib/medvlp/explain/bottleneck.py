@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 
 Contribution = tuple[str, float]
 
@@ -70,9 +71,8 @@ class ConceptBottleneck:
         n_classes = len(self.class_names)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"labels: {y.shape[0]} rows for {x.shape[0]} concept-score rows")
-        self.mean_ = x.mean(axis=0)
-        std = x.std(axis=0)
-        self.scale_ = np.where(std > 0, std, 1.0)
+        scaler = StandardScaler().fit(x)  # population std; a zero-variance concept keeps scale 1
+        self.mean_, self.scale_ = scaler.mean_, scaler.scale_
         z = self.standardize(x)
         if y.ndim == 2:
             if y.shape[1] != n_classes:

@@ -7,7 +7,11 @@ as it comes; :func:`run_explain` chains them and writes ``metrics_path``:
     {"localization": {model: {"pointing", "pointing_ci", "heatmap_auc", "heatmap_auc_ci", "n_pairs",
                               "per_concept"}},
      "concept_annotation": {model: {"auc", "ci_low", "ci_high", "per_concept"}},
-     "bottleneck": {model: {"macro", "probe_macro", "n_concepts"}}, "split", "n_boot"}
+     "bottleneck": {model: {"macro", "probe_macro", "n_concepts"}}, "split", "n_boot",
+     "external": {model: provenance record}}
+
+Released models (``external_models``: names of ``zero_shot.external_models``) get concept annotation and the
+concept bottleneck; localisation needs patch tokens, which an adapter does not give, so it is left out for them.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from tqdm.auto import tqdm
 from medvlp.eval.data import FigureSet, figure_tensors, load_figures, read_truth
 from medvlp.eval.encode import encode_images, encode_prompt_concepts, encode_texts
 from medvlp.eval.evaluate import finding_pairs
+from medvlp.eval.external import describe, load_external_model
 from medvlp.eval.linear_probe import linear_probe
 from medvlp.eval.metrics import auroc_table, bootstrap_auroc
+from medvlp.eval.model_under_test import input_image_size
 from medvlp.eval.prompts import annotation_prompts
 from medvlp.eval.stage import checkpoint_path
 from medvlp.eval.zero_shot import local_top_k, top_k_patch_logits
@@ -82,7 +88,7 @@ def pair_heatmaps(model: nn.Module, figures: FigureSet, lexicon: ConceptLexicon,
     images = np.unique(image_index)
     if images.size == 0:
         return np.zeros((0, *size), np.float32)
-    x = figure_tensors([figures.images[i] for i in images], model.image.image_size[0])
+    x = figure_tensors([figures.images[i] for i in images], input_image_size(model))
     mods = modality_names(figures, lexicon)
     names = [c.name for c in lexicon.concepts]
     maps = concept_heatmaps(model, x, names, [mods[i] for i in images])  # [U, K, gh, gw]
@@ -116,7 +122,7 @@ def concept_annotation(model: nn.Module, figures: FigureSet, lexicon: ConceptLex
     of the prompt's concept (resp. modality) span: ``(1 - local_weight) * global + local_weight * local``.
     AUROC over all (image, concept) pairs (CI over images) and per concept."""
     mod_names = {m.id: m.name for m in lexicon.modalities}
-    feats = encode_images(model, figure_tensors(figures.images, model.image.image_size[0]), with_patches=True)
+    feats = encode_images(model, figure_tensors(figures.images, input_image_size(model)), with_patches=True)
     use_local = feats.patches is not None and local_weight > 0
     top_k = local_top_k(feats.patches.shape[1], local_top_fraction) if use_local else 1
     with torch.inference_mode():
@@ -149,7 +155,7 @@ def concept_annotation(model: nn.Module, figures: FigureSet, lexicon: ConceptLex
 def image_concept_scores(model: nn.Module, figures: FigureSet, lexicon: ConceptLexicon) -> np.ndarray:
     """``[N, K]`` image-to-concept scores over all K concepts: the max over patches of the concept
     heatmap (PC-Align similarity for models with heads, projected patch tokens otherwise)."""
-    x = figure_tensors(figures.images, model.image.image_size[0])
+    x = figure_tensors(figures.images, input_image_size(model))
     maps = concept_heatmaps(model, x, [c.name for c in lexicon.concepts], modality_names(figures, lexicon))
     return concept_scores(maps).cpu().numpy()
 
@@ -170,8 +176,8 @@ def bottleneck(model: nn.Module, train: FigureSet, test: FigureSet, lexicon: Con
     valid = finding_pairs(test, lexicon)
     table = auroc_table(test.labels, cbm.decision_function(s_test), test.concept_ids, n_boot=n_boot, seed=seed,
                         valid=valid)
-    emb_train = encode_images(model, figure_tensors(train.images, model.image.image_size[0])).embedding.numpy()
-    emb_test = encode_images(model, figure_tensors(test.images, model.image.image_size[0])).embedding.numpy()
+    emb_train = encode_images(model, figure_tensors(train.images, input_image_size(model))).embedding.numpy()
+    emb_test = encode_images(model, figure_tensors(test.images, input_image_size(model))).embedding.numpy()
     probe = linear_probe(emb_train[keep], train.labels[keep], emb_test, test.labels, fractions=(1.0,), seed=seed,
                          names=test.concept_ids, n_boot=n_boot, test_valid=valid)[1.0]
     metrics = {"macro": table["macro"], "probe_macro": probe["macro"], "n_concepts": len(names),
@@ -197,15 +203,26 @@ class ExplainRun:
     bottlenecks: dict[str, tuple[ConceptBottleneck, np.ndarray]] = field(default_factory=dict)
 
 
+def has_patch_tokens(model: nn.Module) -> bool:
+    """Whether heatmaps can be drawn for ``model``: a medvlp 2D model (its image tower gives patch tokens)."""
+    return getattr(model, "image", None) is not None
+
+
 @stage_function("explain", zero_shot="zero_shot")
 def run_explain(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoint: str, heatmap_models: Sequence[str],
-                run_seed: int, split: str, n_boot: int, seed: int, tolerance_px: float, bottleneck_C: float,
-                concept_lexicon: str | None, metrics_path: str, zero_shot: dict) -> ExplainRun:
+                external_models: Sequence[str], run_seed: int, split: str, n_boot: int, seed: int,
+                tolerance_px: float, bottleneck_C: float, concept_lexicon: str | None, metrics_path: str,
+                zero_shot: dict) -> ExplainRun:
     """Localisation, concept annotation and concept bottleneck of every model in ``heatmap_models`` (their runs
-    of training seed ``run_seed``); writes ``metrics_path`` (the module docstring says what it holds).
+    of training seed ``run_seed``), then of the released models named in ``external_models``; writes
+    ``metrics_path`` (the module docstring says what it holds).
 
     Every argument is a key of params.yaml's ``explain`` section, except ``zero_shot`` (that section: its
-    ``local_weight`` and ``local_top_fraction`` are ConceptCLIP's scoring, shared by concept annotation)."""
+    ``local_weight`` and ``local_top_fraction`` are ConceptCLIP's scoring, shared by concept annotation; its
+    ``external_models`` and ``allow_download`` say how to load a released model).
+
+    Raises:
+        KeyError: a name of ``external_models`` that ``zero_shot.external_models`` does not define."""
     lexicon = load_concept_lexicon(concept_lexicon)
     truth_path = Path(data_dir) / "figures" / "figures_truth.jsonl"
     test = load_figures(curated_dir, split, lexicon, truth_path)
@@ -215,11 +232,21 @@ def run_explain(*, curated_dir: str, data_dir: str, pretrain_dir: str, checkpoin
     report: dict[str, Any] = {"split": split, "n_boot": n_boot, "localization": {}, "concept_annotation": {},
                               "bottleneck": {}}
     run = ExplainRun(report, test, image_index, concept_index, masks)
-    for name in tqdm(heatmap_models, desc="explain"):
-        model = load_model(checkpoint_path(pretrain_dir, run_name(name, run_seed), checkpoint))
-        run.maps[name] = pair_heatmaps(model, test, lexicon, image_index, concept_index, masks.shape[1:])
-        report["localization"][name] = localization(run.maps[name], masks, concept_ids, tolerance_px=tolerance_px,
-                                                    n_boot=n_boot, seed=seed)
+    specs = zero_shot["external_models"]
+    unknown = [m for m in external_models if m not in specs]
+    if unknown:
+        raise KeyError(f"explain.external_models {unknown} are not defined in zero_shot.external_models "
+                       f"(defined: {sorted(specs)})")
+    for name in tqdm([*heatmap_models, *external_models], desc="explain"):
+        if name in external_models:
+            model = load_external_model(name, specs[name], allow_download=zero_shot["allow_download"])
+            report.setdefault("external", {})[name] = describe(name, specs[name], model)
+        else:
+            model = load_model(checkpoint_path(pretrain_dir, run_name(name, run_seed), checkpoint))
+        if has_patch_tokens(model):
+            run.maps[name] = pair_heatmaps(model, test, lexicon, image_index, concept_index, masks.shape[1:])
+            report["localization"][name] = localization(run.maps[name], masks, concept_ids,
+                                                        tolerance_px=tolerance_px, n_boot=n_boot, seed=seed)
         report["concept_annotation"][name] = concept_annotation(
             model, test, lexicon, local_weight=zero_shot["local_weight"],
             local_top_fraction=zero_shot["local_top_fraction"], n_boot=n_boot, seed=seed)

@@ -3,7 +3,8 @@ or a small 3D conv net, RadCLIP slice pooling. Models return embeddings; losses 
 
 Build with ``build_model(preset_or_config, **overrides)``. Presets: ``clip``, ``siglip``,
 ``conceptclip`` (kind ``dual_encoder``), ``fvlm``, ``ct_global`` (= ``ct_clip_global``), ``radclip``,
-``radclip_meanpool``. Config keys by kind (defaults in ``configs.KIND_DEFAULTS``):
+``radclip_meanpool``, and ``fvlm_official`` (the official fVLM release's shape, for ``medvlp convert-fvlm`` /
+``fvlm_convert.load_fvlm_checkpoint``). Config keys by kind (defaults in ``configs.KIND_DEFAULTS``):
 
 all kinds
     ``clip_model``        open_clip-schema CLIP config: a name (``medvlp-tiny`` [default], ``medvlp-small``,
@@ -11,7 +12,8 @@ all kinds
                           image tower (2D kinds) and the text tower + embed_dim E (all kinds). A
                           ``text_cfg`` with ``hf_model_name`` (a local directory or a cached hub id;
                           ``hf_tokenizer_name``, ``hf_proj_type``, ``hf_model_pretrained``,
-                          ``context_length``) builds a BERT-family Hugging Face text tower.
+                          ``context_length``, ``hf_proj_bias``: a bias on the linear projection) builds a
+                          BERT-family Hugging Face text tower.
     ``text_pool``         open_clip TextTransformer: ``"eot"`` (EOT token state) or ``"mean"`` (mean over
                           real token states), then the tower's text_projection; Hugging Face towers:
                           ``"cls"`` (the [CLS] state) or ``"mean"``, then the adapter's projection.
@@ -24,9 +26,10 @@ dual_encoder
     ``head_hidden``       MLP hidden width (None = input width).
 fvlm
     ``volume_tower``      ``"vit3d"`` (default; fVLM's MONAI 3D ViT) or ``"conv3d"`` (the small 3D conv net
-                          of ``conv3d.py``, which learns on a CPU budget).
+                          of ``conv_volume_tower.py``, which learns on a CPU budget).
     ``vit3d``             ``monai.networks.nets.ViT`` kwargs (default 64x64x32 voxels, patch 8, width 128,
-                          4 layers, 4 heads, mlp 256, 1 channel).
+                          4 layers, 4 heads, mlp 256, 1 channel); medvlp's ``final_norm``: ``"every_depth"``
+                          (default) or ``"last_block"`` (official fVLM: only the last block is normed).
     ``conv3d``            ``ConvEncoder3D`` config (default 64x64x32 voxels, channels 16/32/64, 2 blocks per
                           stage, stride 2 per stage: the same 8x8x4 token grid).
     ``token_depths``      blocks whose tokens are pooled (default [-2, -1]): ViT blocks, or the blocks of
@@ -62,18 +65,18 @@ from medvlp.models.configs import (
     list_clip_configs,
     resolve_model_config,
 )
-from medvlp.models.conv3d import DEFAULT_CONV3D, ConvEncoder3D
+from medvlp.models.conv_volume_tower import DEFAULT_CONV3D, ConvEncoder3D
 from medvlp.models.ct_global import CTGlobalCLIP
 from medvlp.models.dual_encoder import DualEncoder, span_mean
 from medvlp.models.factory import build_model, count_parameters
 from medvlp.models.fvlm import FVLM
+from medvlp.models.image_text_towers import ImageEncoder, MLPHead, TextEncoder
 from medvlp.models.logit_scales import LOG_MAX_LOGIT_SCALE, MAX_LOGIT_SCALE
 from medvlp.models.outputs import AnatomyOutput, DualOutput, ImageOutput, TextOutput, VolumeOutput
 from medvlp.models.radclip import RadCLIP
 from medvlp.models.slice_pooling import SlicePooling, encode_slices, sinusoidal_positions
 from medvlp.models.tokenizers import ClipBPETokenizer, WordPieceTokenizer, build_tokenizer, local_hf_path
-from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder
-from medvlp.models.vit3d import ViT3DEncoder
+from medvlp.models.vit_volume_tower import ViT3DEncoder
 from medvlp.models.volume_tower import build_volume_tower, has_volume_tower, input_volume_size, volume_size
 
 __all__ = [

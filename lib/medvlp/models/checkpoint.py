@@ -39,19 +39,42 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         raise
 
 
-def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> None:
-    """Write ``{"format", "version", "config", "state_dict", "extra"}`` to ``path`` atomically.
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP (``.module``), ``torch.compile`` (``._orig_mod``) and loss wrappers such as
+    :class:`~medvlp.train.steps.LossModule` (``.model``), however deeply nested."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "model", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
-    ``model`` must come from ``build_model`` (it carries ``model.config``); a DDP/compile wrapper is
-    unwrapped. ``extra`` (plain Python values / tensors) is stored as is, e.g. step and metrics.
+
+def model_file_payload(model: nn.Module, extra: dict | None = None) -> dict[str, Any]:
+    """``{"format", "version", "config", "state_dict", "extra"}`` of a model (unwrapped; tensors copied
+    to the CPU), what :func:`save_model` writes.
+
+    Raises:
+        ValueError: the model carries no ``config`` dict (it was not built by ``build_model``).
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
-        raise ValueError(f"save_model: {type(model).__name__} has no config dict; build it with build_model")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": MODEL_FILE_FORMAT, "version": MODEL_FILE_VERSION, "config": config,
-                       "state_dict": state, "extra": extra or {}}, path)
+        raise ValueError(f"{type(model).__name__} has no config dict; build it with medvlp.models.build_model")
+    return {"format": MODEL_FILE_FORMAT, "version": MODEL_FILE_VERSION, "config": config,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "extra": extra or {}}
+
+
+def save_model(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write :func:`model_file_payload` to ``path`` atomically; returns ``path``.
+
+    ``model`` must come from ``build_model`` (it carries ``model.config``); wrappers are unwrapped.
+    ``extra`` (plain Python values / tensors) is stored as is, e.g. step and metrics.
+    """
+    atomic_torch_save(model_file_payload(model, extra), path)
+    return Path(path)
 
 
 def read_model_file(path: str | Path) -> dict:
@@ -83,14 +106,6 @@ def without_pretrained_text(config: dict) -> dict:
     out = copy.deepcopy(config)
     out["clip_model"]["text_cfg"]["hf_model_pretrained"] = False
     return out
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -132,7 +147,7 @@ def load_open_clip_weights(model: nn.Module, path: str | Path,
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = _strip_prefix(_strip_prefix(state, "module."), "_orig_mod.")
-    target = _unwrap(model)
+    target = unwrap_model(model)
     own = target.state_dict()
     mapped, unexpected = {}, []
     for key, value in state.items():
@@ -169,7 +184,7 @@ def load_medvlp_weights(model: nn.Module, path: str | Path, parts: Sequence[str]
         ValueError: when no tensor matches (wrong parts or unrelated model), or a shape differs.
     """
     payload = read_model_file(path)
-    target = _unwrap(model)
+    target = unwrap_model(model)
     own = target.state_dict()
     prefixes = tuple(parts)
     chosen = {k: v for k, v in payload["state_dict"].items()

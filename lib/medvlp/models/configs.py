@@ -22,7 +22,8 @@ from typing import Any
 
 import open_clip
 
-from medvlp.models.conv3d import DEFAULT_CONV3D
+from medvlp.models.conv_volume_tower import DEFAULT_CONV3D
+from medvlp.params import deep_merge
 
 #: The volume towers of the 3D kinds (``volume_tower``): fVLM's MONAI 3D ViT, medvlp's 3D conv net.
 VOLUME_TOWERS = ("vit3d", "conv3d")
@@ -89,6 +90,25 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 
+# The official fVLM release (Shui et al., ICLR 2025; lavis/models/blip_models/blip_pretrain.py and vit.py):
+# a 112x256x352 MONAI-style ViT-B (patch 16x16x32, qkv bias), tokens of blocks 4, 7, 10 (raw) and 12 (after
+# the final LayerNorm), 4 anatomies in the order lung, heart, esophagus, aorta (its own segmentation labels 1..4;
+# in medvlp's label maps, anatomy.json: lung 1, heart 2, esophagus 4, aorta 3), one shared 4-head attention,
+# per-anatomy Linear(768, 256), CXR-BERT [CLS] -> Linear(768, 256) with bias. See fvlm_convert.py.
+FVLM_OFFICIAL_VIT3D: dict[str, Any] = {
+    "in_channels": 1,
+    "img_size": [112, 256, 352],
+    "patch_size": [16, 16, 32],
+    "hidden_size": 768,
+    "mlp_dim": 3072,
+    "num_layers": 12,
+    "num_heads": 12,
+    "dropout_rate": 0.1,
+    "qkv_bias": True,
+    "pos_embed_type": "learnable",
+    "final_norm": "last_block",
+}
+
 # One preset per pre-training stage of the pipeline (params.yaml names them).
 PRESETS: dict[str, dict[str, Any]] = {
     "clip": {"kind": "dual_encoder"},
@@ -96,6 +116,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "conceptclip": {"kind": "dual_encoder", "text_pool": "mean", "concept_heads": True,
                     "init_logit_bias": INIT_LOGIT_BIAS},
     "fvlm": {"kind": "fvlm"},
+    # the official fVLM checkpoint's shape (medvlp convert-fvlm); not a pipeline stage
+    "fvlm_official": {"kind": "fvlm", "clip_model": "fvlm-official", "text_pool": "cls", "volume_tower": "vit3d",
+                      "vit3d": FVLM_OFFICIAL_VIT3D, "token_depths": [3, 6, 9, 11], "anatomy_labels": [1, 2, 4, 3],
+                      "pool_heads": 4},
     "ct_global": {"kind": "ct_global"},
     "ct_clip_global": {"kind": "ct_global"},
     # RadCLIP trains with InfoNCE at a fixed tau = 0.07 in both stages
@@ -138,6 +162,9 @@ def _check_clip_config(cfg: dict, where: str) -> dict:
     if text.get("hf_model_name") and not text.get("context_length"):
         raise ValueError(f"CLIP config {where}: a Hugging Face text tower needs text_cfg.context_length "
                          "(tokens per text, at most the model's max_position_embeddings)")
+    if text.get("hf_proj_bias") and (not text.get("hf_model_name") or text.get("hf_proj_type") != "linear"):
+        raise ValueError(f"CLIP config {where}: text_cfg.hf_proj_bias needs a Hugging Face text tower with "
+                         "hf_proj_type 'linear'")
     if text.get("embed_cls"):
         raise ValueError(f"CLIP config {where}: text_cfg.embed_cls (CoCa) is not supported")
     return cfg
@@ -160,7 +187,7 @@ def get_clip_config(name_or_cfg: str | dict) -> dict:
         base = get_clip_config(name_or_cfg["base"])
         if (overrides.get("text_cfg") or {}).get("hf_model_name"):
             base.pop("text_cfg")
-        return _check_clip_config(_merge(base, overrides), f"(base {name_or_cfg['base']!r})")
+        return _check_clip_config(deep_merge(base, overrides), f"(base {name_or_cfg['base']!r})")
     if isinstance(name_or_cfg, dict):
         return _check_clip_config(copy.deepcopy(name_or_cfg), "(dict)")
     own = _medvlp_clip_configs()
@@ -176,16 +203,6 @@ def get_clip_config(name_or_cfg: str | dict) -> dict:
     return _check_clip_config(cfg, repr(name_or_cfg))
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
     """Merge a preset name or a partial config dict and overrides into a complete model config.
 
@@ -199,7 +216,7 @@ def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
         partial = PRESETS[name_or_config]
     else:
         partial = name_or_config
-    partial = _merge(partial, overrides)
+    partial = deep_merge(partial, overrides)
     kind = partial.get("kind")
     if kind not in KIND_DEFAULTS:
         raise ValueError(f"model config: kind {kind!r} is not one of {MODEL_KINDS}")
@@ -209,7 +226,7 @@ def resolve_model_config(name_or_config: str | dict, **overrides: Any) -> dict:
         raise ValueError(f"model config of kind {kind!r}: unknown keys {unknown}; allowed: {sorted(allowed)}")
 
     clip_model = partial.get("clip_model", KIND_DEFAULTS[kind]["clip_model"])
-    config = _merge(KIND_DEFAULTS[kind], {k: v for k, v in partial.items() if k != "clip_model"})
+    config = deep_merge(KIND_DEFAULTS[kind], {k: v for k, v in partial.items() if k != "clip_model"})
     if isinstance(clip_model, str):
         config["clip_model_name"] = clip_model
     elif "clip_model" in overrides:

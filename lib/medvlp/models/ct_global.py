@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvlp.models.image_text_towers import TextEncoder
 from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import TextOutput, VolumeOutput
-from medvlp.models.towers import TextEncoder
 from medvlp.models.volume_tower import build_volume_tower
 
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvlp.models.image_text_towers import ImageEncoder, MLPHead, TextEncoder
 from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import DualOutput, ImageOutput, TextOutput
-from medvlp.models.towers import ImageEncoder, MLPHead, TextEncoder
 
 
 def span_mean(values: torch.Tensor, spans: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:

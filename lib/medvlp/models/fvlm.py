@@ -7,9 +7,9 @@ from torch import nn
 
 from medvlp.lexicon import load_anatomy_lexicon
 from medvlp.models.anatomy_pooling import AnatomyAttentionPool, anatomy_token_masks
+from medvlp.models.image_text_towers import TextEncoder
 from medvlp.models.logit_scales import LogitScalesMixin, scalar_parameter, set_logit_scale
 from medvlp.models.outputs import AnatomyOutput, TextOutput
-from medvlp.models.towers import TextEncoder
 from medvlp.models.volume_tower import build_volume_tower
 
 
@@ -17,7 +17,7 @@ class FVLM(nn.Module, LogitScalesMixin):
     """Anatomy-level CT-report model.
 
     Volume side: tokens of the volume tower (``volume_tower``: the MONAI 3D ViT, or the 3D conv net
-    of ``conv3d.py``) from ``token_depths`` concatenated along the token axis
+    of ``conv_volume_tower.py``) from ``token_depths`` concatenated along the token axis
     [B, D*N, W]; each anatomy's learnable query attends (shared MHA) over its own tokens at every
     depth; per-anatomy linear projection; L2 norm -> [B, A, E]. Text side: the open_clip text tower of
     ``clip_model`` (anatomy texts are encoded as a flat batch).

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from torch import nn
 
 from medvlp.models.configs import DEFAULT_VIT3D, VOLUME_TOWERS
-from medvlp.models.conv3d import ConvEncoder3D
-from medvlp.models.vit3d import ViT3DEncoder
+from medvlp.models.conv_volume_tower import ConvEncoder3D
+from medvlp.models.vit_volume_tower import ViT3DEncoder
 
 
 def volume_tower_config(config: dict) -> dict:

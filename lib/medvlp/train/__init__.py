@@ -21,24 +21,10 @@ them do not depend on it (tests/test_dvc_deps.py).
 
 from __future__ import annotations
 
-import importlib
+from medvlp.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "config": ("KNOWN_MODELS", "RECIPES", "Recipe", "StageConfig", "TrainConfig", "get_recipe"),
     "loop": ("StopTraining", "Trainer", "TrainResult", "train"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'medvlp.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"medvlp.train.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -17,46 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from medvlp.models.checkpoint import MODEL_FILE_FORMAT, MODEL_FILE_VERSION, atomic_torch_save
+from medvlp.models.checkpoint import MODEL_FILE_FORMAT, atomic_torch_save, model_file_payload
 
 LAST = "last.pt"
 BEST = "best.pt"
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DDP / torch.compile / :class:`~medvlp.train.steps.LossModule` wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "model", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-def _model_payload(model: nn.Module, extra: dict | None) -> dict[str, Any]:
-    model = unwrap(model)
-    config = getattr(model, "config", None)
-    if not isinstance(config, dict):
-        raise ValueError(f"{type(model).__name__} has no config dict; build it with "
-                         "medvlp.models.build_model")
-    return {"format": MODEL_FILE_FORMAT, "version": MODEL_FILE_VERSION, "config": config,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-            "extra": extra or {}}
-
-
 def save_checkpoint(path: str | Path, model: nn.Module, train_state: dict[str, Any],
                     extra: dict | None = None) -> Path:
-    """Write a resumable checkpoint (model file + ``train_state``) atomically; returns ``path``."""
-    payload = _model_payload(model, extra)
-    payload["train_state"] = train_state
-    atomic_torch_save(payload, path)
-    return Path(path)
-
-
-def save_weights(path: str | Path, model: nn.Module, extra: dict | None = None) -> Path:
-    """Write a model file (config + weights, no training state) atomically; returns ``path``."""
-    atomic_torch_save(_model_payload(model, extra), path)
+    """Write a resumable checkpoint (model file + ``train_state``) atomically; returns ``path``.
+    ``best.pt`` is a plain model file: :func:`medvlp.models.checkpoint.save_model`."""
+    atomic_torch_save({**model_file_payload(model, extra), "train_state": train_state}, path)
     return Path(path)
 
 

@@ -36,10 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from medvlp.curate.shards import list_shards, shard_dir
-from medvlp.data.io import decode_image_bytes, label_map_from_nifti_bytes, volume_from_nifti_bytes
+from medvlp.curate.shards import decode_member, list_shards, shard_dir
 from medvlp.models.concept_spans import tokenize_with_concepts
-from medvlp.models.towers import build_tokenizer
+from medvlp.models.image_text_towers import build_tokenizer
 from medvlp.train.transforms import ImageTransform, VolumeTransform
 
 COLLECTIONS = ("figures", "ct")
@@ -131,24 +130,17 @@ class ShardReader:
 
 
 def decode_sample(raw: Mapping[str, bytes], where: str = "") -> dict[str, Any]:
-    """Decode a raw sample like ``medvlp.curate.shards.iter_shard_samples``: ``meta`` (json),
-    ``image`` (png/jpg), ``volume`` + ``affine`` (nii.gz), ``segmentation`` (seg.nii.gz)."""
+    """Decode a raw sample member by member as :func:`medvlp.curate.shards.decode_member` does (the
+    decoding of :func:`~medvlp.curate.shards.iter_shard_samples`).
+
+    Raises:
+        ValueError: naming the sample when a member cannot be decoded.
+    """
     out: dict[str, Any] = {"__key__": raw["__key__"]}
     try:
         for ext, data in raw.items():
-            if ext == "__key__":
-                continue
-            if ext in ("png", "jpg", "jpeg"):
-                out["image"] = decode_image_bytes(data)
-            elif ext == "json":
-                out["meta"] = json.loads(data.decode("utf-8"))
-            elif ext in ("nii.gz", "nii"):
-                vol = volume_from_nifti_bytes(data)
-                out["volume"], out["affine"] = vol.array, vol.affine
-            elif ext in ("seg.nii.gz", "seg.nii"):
-                out["segmentation"] = label_map_from_nifti_bytes(data)
-            else:
-                out[ext] = data
+            if ext != "__key__":
+                decode_member(out, ext, data)
     except Exception as err:
         raise ValueError(f"{where}sample {raw['__key__']!r}: cannot decode: {err}") from err
     return out
@@ -403,3 +395,4 @@ def make_loader(stream: ShardStream, num_workers: int = 0, pin_memory: bool = Fa
                       pin_memory=pin_memory, worker_init_fn=_worker_init if num_workers else None,
                       generator=torch.Generator().manual_seed(0),
                       prefetch_factor=4 if num_workers else None)
+

@@ -15,7 +15,7 @@ from torch import nn
 
 
 class EMATextTower(nn.Module):
-    """A frozen copy of ``text`` (a ``medvlp.models.towers.TextEncoder``) updated as its moving average.
+    """A frozen copy of ``text`` (a ``medvlp.models.image_text_towers.TextEncoder``) updated as its moving average.
 
     Args:
         text: the student text tower (copied at construction).

@@ -17,7 +17,7 @@ import functools
 import gc
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,28 +28,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from medvlp.lexicon import load_anatomy_lexicon
-from medvlp.models import FVLM, build_model, count_parameters, load_medvlp_weights, load_open_clip_weights
-from medvlp.models.volume_tower import input_volume_size
-from medvlp.train.checkpoint import (
-    BEST,
-    LAST,
-    load_checkpoint,
-    optimizer_state_to_cpu,
-    save_checkpoint,
-    save_weights,
-)
+from medvlp.models import build_model, count_parameters, load_medvlp_weights, load_open_clip_weights
+from medvlp.models.checkpoint import save_model, unwrap_model
+from medvlp.train.checkpoint import BEST, LAST, load_checkpoint, optimizer_state_to_cpu, save_checkpoint
 from medvlp.train.config import FREEZABLE, RECIPES, StageConfig, TrainConfig
-from medvlp.train.data import (
-    FigureItems,
-    SampleRef,
-    ShardStream,
-    VolumeItems,
-    filter_by_modality,
-    find_shards,
-    index_shards,
-    make_loader,
-)
 from medvlp.train.determinism import capture_rng_state, restore_rng_state, seed_everything, set_determinism
 from medvlp.train.distributed import (
     DistContext,
@@ -61,21 +43,18 @@ from medvlp.train.distributed import (
 )
 from medvlp.train.ema import EMATextTower
 from medvlp.train.optim import build_optimizer, build_scheduler, clamp_logit_scales
+from medvlp.train.run_batches import RunBatches
 from medvlp.train.runlog import (
-    CSVLog,
+    RUN_INFO,
+    TRAIN_LOG,
+    VAL_LOG,
+    RunRecords,
     describe_device,
     git_revision,
     package_versions,
-    read_csv,
-    utc_now,
-    write_json,
 )
 from medvlp.train.steps import TERM_NAMES, LossModule
-from medvlp.train.transforms import ImageTransform, VolumeTransform
 
-TRAIN_LOG = "train_log.csv"
-VAL_LOG = "val_log.csv"
-RUN_INFO = "run_info.json"
 #: Validation batches are kept in memory when they take less than this (else streamed each time).
 VAL_CACHE_BYTES = 256 * 2**20
 #: Settings that may change between a run and its resume without changing the result.
@@ -220,178 +199,82 @@ def optimizer_step(wrapped: nn.Module, micro_batches: Iterator[dict[str, torch.T
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     scheduler.step()
-    clamp_logit_scales(_inner_model(wrapped))
+    clamp_logit_scales(unwrap_model(wrapped))
     return sums, lr, grad_norm
-
-
-def _inner_model(wrapped: nn.Module) -> nn.Module:
-    inner = getattr(wrapped, "module", wrapped)
-    return getattr(inner, "model", inner)
 
 
 # ----------------------------------------------------------------------------------------- trainer
 
 class Trainer:
-    """Holds one run's state; :func:`train` is the entry point."""
+    """Holds one run's state; :func:`train` is the entry point.
+
+    Everything the run needs is built here, in this order: the data index (fails on missing data first),
+    determinism and seeds, the model (+ initial weights, EMA teacher, checkpointing, compile), the loss
+    module, precision, run records. The optimiser, schedule and DDP wrapper are per stage
+    (:meth:`_configure_stage`); they are None between stages.
+    """
 
     def __init__(self, cfg: TrainConfig, *, out_dir: str | Path | None = None, progress: bool = True,
                  callback: Callable[[dict[str, Any]], None] | None = None):
         self.cfg, self.callback = cfg, callback
         self.out_dir = Path(out_dir if out_dir is not None else cfg.out_dir)
         self.ctx: DistContext = init_distributed(cfg.device)
-        self._pbar = None
+        self.progress = progress and self.ctx.is_main
+        self._pbar: tqdm | None = None
+        # per stage (_configure_stage / _run_stage)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.trainable: list[nn.Parameter] = []
+        self.wrapped: nn.Module | None = None
+        self.epoch_size = 0
+        # progress of the run
+        self.step = 0
+        self.elapsed = 0.0
+        self.best_val: float | None = None
+        self.last_val: dict[str, float] | None = None
+        self.resumed_from: list[int] = []
         try:
-            self._setup(cfg, progress)
+            for stage in cfg.stages:  # fail early on an indivisible batch of any stage
+                micro_batch_size(stage.global_batch_size or cfg.global_batch_size, self.ctx.world_size,
+                                 cfg.grad_accum_steps)
+            self.device = self.ctx.device
+            self.data = RunBatches(cfg, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                                   pin_memory=self.device.type == "cuda", val_cache_bytes=VAL_CACHE_BYTES,
+                                   log=self._log)
+            set_determinism(cfg.deterministic)
+            seed_everything(cfg.seed)
+            self.model = self._build_model()
+            # fVLM's EMA text teacher, copied before any compile wrapper
+            self.teacher = EMATextTower(self.model.text, cfg.abnormal_calibration["ema_momentum"]).to(self.device) \
+                if any(s.calibration == "both" for s in cfg.stages) else None
+            if cfg.grad_checkpointing:
+                enable_grad_checkpointing(self.model)
+            if cfg.compile:
+                compile_towers(self.model)
+            self.loss_module = LossModule(self.model, cfg.loss_chunk_size, int(cfg.volume["slice_stride"]),
+                                          pc_align=cfg.pc_align, teacher=self.teacher,
+                                          abnormal_calibration=cfg.abnormal_calibration)
+            self.precision = _precision(cfg, self.device)
+            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+            self.records = RunRecords(self.out_dir, self._term_names())
         except BaseException:
             shutdown_distributed(self.ctx)
             raise
 
-    def _setup(self, cfg: TrainConfig, progress: bool) -> None:
-        for stage in cfg.stages:  # fail early on an indivisible batch of any stage
-            micro_batch_size(self.batch_size(stage), self.ctx.world_size, cfg.grad_accum_steps)
-        self.progress = progress and self.ctx.is_main
-        self._index_cache: dict[tuple, tuple[list[Path], list[SampleRef]] | None] = {}
-        # fail on missing data before building anything
-        for stage in cfg.stages:
-            self._index(stage.collection, "train", stage.modalities)
-
-        set_determinism(cfg.deterministic)
-        seed_everything(cfg.seed)
-        self.device = self.ctx.device
-        self.model = build_model(cfg.preset, **cfg.architecture)
+    def _build_model(self) -> nn.Module:
+        cfg = self.cfg
+        model = build_model(cfg.preset, **cfg.architecture)
         if cfg.init_open_clip:
-            load_open_clip_weights(self.model, cfg.init_open_clip)
+            load_open_clip_weights(model, cfg.init_open_clip)
         if cfg.init_from:
-            copied = load_medvlp_weights(self.model, cfg.init_from["path"],
-                                         cfg.init_from.get("parts") or ("image", "text"))
+            copied = load_medvlp_weights(model, cfg.init_from["path"], cfg.init_from.get("parts") or ("image", "text"))
             self._log(f"initialised {len(copied)} tensors from {cfg.init_from['path']}")
-        self.model.to(self.device)
-        self.teacher = None  # fVLM's EMA text teacher, copied before any compile wrapper
-        if any(s.calibration == "both" for s in cfg.stages):
-            self.teacher = EMATextTower(self.model.text, cfg.abnormal_calibration["ema_momentum"]).to(self.device)
-        if cfg.grad_checkpointing:
-            enable_grad_checkpointing(self.model)
-        if cfg.compile:
-            compile_towers(self.model)
-        self.loss_module = LossModule(self.model, cfg.loss_chunk_size, int(cfg.volume["slice_stride"]),
-                                      pc_align=cfg.pc_align, teacher=self.teacher,
-                                      abnormal_calibration=cfg.abnormal_calibration)
-        self.precision = _precision(cfg, self.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        self.terms = self._term_names()
-        self.train_log = CSVLog(self.out_dir / TRAIN_LOG,
-                                ["step", "stage", "epoch", "samples", "lr", "loss", *self.terms,
-                                 "logit_scale", "grad_norm", "samples_per_s", "elapsed_s"])
-        self.val_log = CSVLog(self.out_dir / VAL_LOG,
-                              ["step", "stage", "val_loss", *[f"val_{t}" for t in self.terms], "val_samples"])
-        self.step = 0
-        self.elapsed = 0.0
-        self.best_val: float | None = None
-        self.last_row: dict[str, Any] = {}
-        self.last_val: dict[str, float] | None = None
-        self.resumed_from: list[int] = []
-        self._val_cache: dict[int, Iterable[dict[str, torch.Tensor]] | None] = {}
+        return model.to(self.device)
 
-    # ------------------------------------------------------------------ data
     def batch_size(self, stage: StageConfig) -> int:
         """Global batch of a stage: its own ``global_batch_size`` or the run's."""
-        return stage.global_batch_size or self.cfg.global_batch_size
-
-    def _index(self, collection: str, split: str, modalities) -> tuple[list[Path], list[SampleRef]] | None:
-        key = (collection, split, modalities)
-        if key not in self._index_cache:
-            try:
-                paths = find_shards(self.cfg.curated_dir, collection, split)
-            except FileNotFoundError:
-                if split == "train":
-                    raise
-                self._index_cache[key] = None
-                return None
-            refs = index_shards(paths)
-            if modalities is not None:
-                refs = filter_by_modality(paths, refs, modalities)
-                if not refs and split == "train":
-                    raise ValueError(f"no {split} figure in {self.cfg.curated_dir} has a modality in "
-                                     f"{list(modalities)}; check the stage's 'modalities'")
-            self._index_cache[key] = (paths, refs) if refs else None
-            if split == "train" and not refs:
-                raise ValueError(f"the {collection} {split} shards under {self.cfg.curated_dir} hold no "
-                                 "sample")
-        return self._index_cache[key]
-
-    def _make_item(self, stage: StageConfig) -> FigureItems | VolumeItems:
-        """Decoding + transforms of the stage's samples (random augmentation only when the stream
-        passes a generator, i.e. in training)."""
-        text_cfg = self.model.config["clip_model"]["text_cfg"]
-        if stage.task == "image_text":
-            size = self.model.image.image_size[0]
-            aug = self.cfg.image_augment
-            transform = ImageTransform(size, scale=aug["scale"], ratio=aug["ratio"],
-                                       hflip_prob=aug["hflip_prob"], vflip_prob=aug["vflip_prob"],
-                                       brightness=aug["brightness"], contrast=aug["contrast"])
-            with_concepts = stage.pc_align_weight > 0
-            keep_negated = with_concepts and self.cfg.pc_align["negated_mentions"] == "keep"
-            return FigureItems(transform, text_cfg, with_concepts=with_concepts, keep_negated=keep_negated)
-        vol = self.cfg.volume
-        size = vol["spatial_size"] or input_volume_size(self.model.config)
-        transform = VolumeTransform(size, hu_window=vol["hu_window"], pixdim=vol["pixdim"],
-                                    flip_prob=vol["flip_prob"], flip_axes=vol["flip_axes"])
-        anatomies = None
-        if stage.task == "anatomy_text":
-            if not isinstance(self.model, FVLM):
-                raise ValueError(f"task anatomy_text needs an fvlm model, not {type(self.model).__name__}")
-            by_label = {a.label: a.id for a in load_anatomy_lexicon().anatomies}
-            anatomies = [by_label[label] for label in self.model.anatomy_labels]
-        return VolumeItems(transform, text_cfg, with_report=stage.task == "volume_text",
-                           report_sections=self.cfg.report_sections, anatomies=anatomies)
-
-    def _train_batches(self, s_idx: int, stage: StageConfig, start_step: int) -> Iterator[dict]:
-        paths, refs = self._index(stage.collection, "train", stage.modalities)
-        micro = micro_batch_size(self.batch_size(stage), self.ctx.world_size, self.cfg.grad_accum_steps)
-        stream = ShardStream(paths, refs, self._make_item(stage), micro_batch=micro,
-                             rank=self.ctx.rank, world_size=self.ctx.world_size, seed=self.cfg.seed,
-                             stage=s_idx, shuffle=True, shuffle_buffer=self.cfg.shuffle_buffer,
-                             start=start_step * self.batch_size(stage))
-        self.epoch_size = stream.epoch_size
-        loader = make_loader(stream, self.cfg.num_workers, pin_memory=self.device.type == "cuda")
-        return iter(loader)
-
-    def _val_batches(self, s_idx: int, stage: StageConfig) -> Iterable[dict] | None:
-        """The stage's validation batches (fixed order, no augmentation), or None without a val split.
-
-        ``min(val_max_samples, N_val)`` samples in global batches of the stage's size (smaller when the
-        split is), split over the ranks like training batches. Batches are kept in memory after the
-        first pass when they take less than ``VAL_CACHE_BYTES``, else streamed again each time.
-        """
-        if s_idx in self._val_cache:
-            return self._val_cache[s_idx]
-        index = self._index(stage.collection, "val", stage.modalities)
-        loader = None
-        if index is not None:
-            paths, refs = index
-            world = self.ctx.world_size
-            n = min(self.cfg.val_max_samples, len(refs))
-            per_batch = min(self.batch_size(stage), n // world * world)
-            if per_batch >= 2 * world:
-                stream = ShardStream(paths, refs, self._make_item(stage), micro_batch=per_batch // world,
-                                     rank=self.ctx.rank, world_size=world, shuffle=False,
-                                     limit=n // per_batch * per_batch, augment=False)
-                loader = make_loader(stream, self.cfg.num_workers)
-        if loader is None:
-            self._log(f"stage {s_idx}: no usable {stage.collection} validation split; best.pt will be the "
-                      "final weights")
-            self._val_cache[s_idx] = None
-            return None
-        batches, size = [], 0
-        for batch in loader:
-            size += sum(t.numel() * t.element_size() for t in batch.values())
-            if size > VAL_CACHE_BYTES:
-                self._val_cache[s_idx] = loader
-                return loader
-            batches.append(batch)
-        self._val_cache[s_idx] = batches
-        return batches
+        return self.data.batch_size(stage)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -442,13 +325,13 @@ class Trainer:
         if self.ctx.is_main:
             save_checkpoint(self.out_dir / LAST, self.model, state,
                             extra={"step": self.step, "stage": s_idx, "model": self.cfg.model,
-                                   "train_loss": self.last_row.get("loss")})
+                                   "train_loss": self.records.last_row.get("loss")})
 
     def _write_run_info(self, status: str) -> None:
         if not self.ctx.is_main:
             return
         cfg = self.cfg
-        info = {
+        self.records.write_info({
             "status": status, "model": cfg.model, "recipe": cfg.recipe,
             "description": RECIPES[cfg.recipe].description, "params": cfg.to_dict(),
             "model_config": self.model.config,
@@ -457,17 +340,10 @@ class Trainer:
             "device": describe_device(self.device, self.ctx.world_size), "precision": self.precision,
             "global_batch_size_per_stage": [self.batch_size(s) for s in cfg.stages],
             "steps_done": self.step, "total_steps": cfg.total_steps, "elapsed_s": round(self.elapsed, 3),
-            "resumed_from_steps": self.resumed_from, "final_losses": self._final_losses(),
-            "final_val": self.last_val, "best_val_loss": self.best_val, "updated": utc_now(),
-            "files": {"last": LAST, "best": BEST, "train_log": TRAIN_LOG, "val_log": VAL_LOG},
-        }
-        rows = read_csv(self.out_dir / TRAIN_LOG) if (self.out_dir / TRAIN_LOG).is_file() else []
-        rates = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
-        info["mean_samples_per_s"] = sum(rates) / len(rates) if rates else None
-        write_json(self.out_dir / RUN_INFO, info)
-
-    def _final_losses(self) -> dict[str, float]:
-        return {k: float(self.last_row[k]) for k in ["loss", *self.terms] if self.last_row.get(k, "") != ""}
+            "resumed_from_steps": self.resumed_from, "final_losses": self.records.final_losses(),
+            "final_val": self.last_val, "best_val_loss": self.best_val,
+            "files": {"last": LAST, "best": BEST},
+        })
 
     # ------------------------------------------------------------------ resume
     def _load_resume(self) -> dict[str, Any] | None:
@@ -504,12 +380,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         state = self._load_resume()
         if self.ctx.is_main:
-            keep = None if state is None else state["step"]
-            self.train_log.start(keep)
-            self.val_log.start(keep)
-            if state is not None:
-                rows = read_csv(self.out_dir / TRAIN_LOG)
-                self.last_row = dict(rows[-1]) if rows else {}
+            self.records.start(None if state is None else state["step"])
         self._write_run_info("running")
         if state is not None:
             self._log(f"resuming {cfg.model} from step {self.step} ({self.out_dir / LAST})")
@@ -536,14 +407,13 @@ class Trainer:
             out_dir=out, last_checkpoint=out / LAST,
             best_checkpoint=out / BEST if (out / BEST).is_file() else None,
             train_log=out / TRAIN_LOG, val_log=out / VAL_LOG, run_info=out / RUN_INFO,
-            final_losses=self._final_losses(), final_val=self.last_val, steps=self.step,
+            final_losses=self.records.final_losses(), final_val=self.last_val, steps=self.step,
             elapsed_s=self.elapsed)
 
     def _finish(self) -> None:
         if self.ctx.is_main and not (self.out_dir / BEST).is_file():
-            save_weights(self.out_dir / BEST, self.model,
-                         extra={"step": self.step, "val_loss": None,
-                                "note": "no validation split: final weights"})
+            save_model(self.model, self.out_dir / BEST,
+                       extra={"step": self.step, "val_loss": None, "note": "no validation split: final weights"})
 
     def _configure_stage(self, s_idx: int, stage: StageConfig, resume_state: dict | None) -> None:
         opt = self.cfg.optimizer
@@ -561,7 +431,7 @@ class Trainer:
         else:
             self.best_val = None
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.wrapped: nn.Module = self.loss_module
+        self.wrapped = self.loss_module
         if self.ctx.distributed:
             gc.collect()
             self.wrapped = DistributedDataParallel(
@@ -573,7 +443,9 @@ class Trainer:
     def _run_stage(self, s_idx: int, stage: StageConfig, start: int, resume_state: dict | None) -> None:
         cfg = self.cfg
         self._configure_stage(s_idx, stage, resume_state)
-        batches = self._train_batches(s_idx, stage, start)
+        stream = self.data.train_stream(s_idx, stage, self.model, start)
+        self.epoch_size = stream.epoch_size
+        batches = self.data.train_batches(stream)
         if resume_state is not None:
             rng = resume_state["rng"]
             restore_rng_state(rng[self.ctx.rank] if self.ctx.rank < len(rng) else rng[0])
@@ -590,9 +462,8 @@ class Trainer:
                    "samples": stage_step * batch, "lr": lr, **values,
                    "logit_scale": float(self.model.logit_scale.detach().exp()), "grad_norm": grad_norm,
                    "samples_per_s": batch / dt, "elapsed_s": self.elapsed}
-            self.last_row = row
+            self.records.log_step(row, write=self.ctx.is_main)
             if self.ctx.is_main:
-                self.train_log.write(row)
                 self._pbar.update(1)
                 self._pbar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}",
                                        sps=f"{row['samples_per_s']:.1f}", refresh=False)
@@ -625,7 +496,7 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, s_idx: int, stage: StageConfig) -> None:
-        batches = self._val_batches(s_idx, stage)
+        batches = self.data.val_batches(s_idx, stage, self.model)
         if batches is None:
             return
         self.loss_module.eval()
@@ -643,13 +514,12 @@ class Trainer:
         sums = {k: v / n_batches for k, v in sums.items()}
         self.last_val = sums
         if self.ctx.is_main:
-            self.val_log.write({"step": self.step, "stage": s_idx, "val_loss": sums["loss"], "val_samples": n,
-                                **{f"val_{k}": v for k, v in sums.items() if k != "loss"}})
+            self.records.log_validation(self.step, s_idx, sums, n)
         if self.best_val is None or sums["loss"] < self.best_val:
             self.best_val = sums["loss"]
             if self.ctx.is_main:
-                save_weights(self.out_dir / BEST, self.model,
-                             extra={"step": self.step, "stage": s_idx, "val_loss": sums["loss"]})
+                save_model(self.model, self.out_dir / BEST,
+                           extra={"step": self.step, "stage": s_idx, "val_loss": sums["loss"]})
 
     def close(self) -> None:
         if self._pbar is not None:

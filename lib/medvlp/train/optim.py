@@ -44,13 +44,13 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = N
             part = name.split(".", 1)[0]
             groups.setdefault(("no_decay" if name in exempt else "decay", part if part in scales else ""), []).append(p)
     out = []
-    for kind in ("decay", "no_decay"):
+    for decay in ("decay", "no_decay"):
         for part in ["", *sorted(scales)]:
-            params = groups.get((kind, part), [])
+            params = groups.get((decay, part), [])
             if not params and part:
                 continue
-            group = {"params": params, "weight_decay": weight_decay if kind == "decay" else 0.0,
-                     "name": f"{kind}@{part}" if part else kind}
+            group = {"params": params, "weight_decay": weight_decay if decay == "decay" else 0.0,
+                     "name": f"{decay}@{part}" if part else decay}
             if part and lr is not None:
                 group["lr"] = lr * scales[part]
             out.append(group)

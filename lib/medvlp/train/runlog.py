@@ -1,11 +1,10 @@
 """Run records: the per-step CSV logs and ``run_info.json`` (provenance: git SHA, params, versions,
-device)."""
+device) of a training run (:class:`RunRecords`)."""
 
 from __future__ import annotations
 
 import csv
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -16,9 +15,16 @@ from typing import Any
 
 import torch
 
+from medvlp.metrics_json import write_json
+
 #: Distributions whose versions ``run_info.json`` records.
 TRACKED_PACKAGES = ("medvlp", "torch", "torchvision", "open_clip_torch", "monai", "numpy", "webdataset",
                     "nibabel")
+
+
+TRAIN_LOG = "train_log.csv"
+VAL_LOG = "val_log.csv"
+RUN_INFO = "run_info.json"
 
 
 class CSVLog:
@@ -100,14 +106,61 @@ def describe_device(device: torch.device, world_size: int) -> dict[str, Any]:
     return info
 
 
-def write_json(path: str | Path, obj: dict) -> None:
-    """Write JSON atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class RunRecords:
+    """What a training run writes about itself in ``out_dir``.
+
+    ``train_log.csv``: one row per optimiser step (``step, stage, epoch, samples, lr, loss``, every loss
+    term, ``logit_scale, grad_norm, samples_per_s, elapsed_s``); ``val_log.csv``: one row per validation
+    (``step, stage, val_loss``, ``val_<term>``, ``val_samples``); ``run_info.json``: status, params and
+    provenance (:meth:`write_info`). Only rank 0 writes; every rank keeps the last logged row.
+
+    Args:
+        out_dir: the run's folder.
+        terms: the loss terms logged besides ``loss``.
+    """
+
+    def __init__(self, out_dir: str | Path, terms: Sequence[str]):
+        self.out_dir = Path(out_dir)
+        self.terms = list(terms)
+        self.train_log = CSVLog(self.out_dir / TRAIN_LOG,
+                                ["step", "stage", "epoch", "samples", "lr", "loss", *self.terms, "logit_scale",
+                                 "grad_norm", "samples_per_s", "elapsed_s"])
+        self.val_log = CSVLog(self.out_dir / VAL_LOG,
+                              ["step", "stage", "val_loss", *[f"val_{t}" for t in self.terms], "val_samples"])
+        self.last_row: dict[str, Any] = {}
+
+    def start(self, resumed_step: int | None) -> None:
+        """Start fresh logs (``None``), or keep the rows up to the step a run resumes from (and its last row)."""
+        self.train_log.start(resumed_step)
+        self.val_log.start(resumed_step)
+        if resumed_step is not None:
+            rows = read_csv(self.train_log.path)
+            self.last_row = dict(rows[-1]) if rows else {}
+
+    def log_step(self, row: dict[str, Any], *, write: bool) -> None:
+        """Keep ``row`` as the last step's; append it to ``train_log.csv`` when ``write`` (rank 0)."""
+        self.last_row = row
+        if write:
+            self.train_log.write(row)
+
+    def log_validation(self, step: int, stage: int, terms: dict[str, float], n_samples: int) -> None:
+        """Append a validation row (``terms`` holds ``loss`` and the other terms, averaged over batches)."""
+        self.val_log.write({"step": step, "stage": stage, "val_loss": terms["loss"], "val_samples": n_samples,
+                            **{f"val_{k}": v for k, v in terms.items() if k != "loss"}})
+
+    def final_losses(self) -> dict[str, float]:
+        """The last logged step's loss terms."""
+        return {k: float(self.last_row[k]) for k in ["loss", *self.terms] if self.last_row.get(k, "") != ""}
+
+    def write_info(self, info: dict[str, Any]) -> Path:
+        """Write ``run_info.json``: ``info`` plus ``updated`` (UTC), the log file names and
+        ``mean_samples_per_s`` (over the logged steps after the first)."""
+        rows = read_csv(self.train_log.path) if self.train_log.path.is_file() else []
+        rates = [float(r["samples_per_s"]) for r in rows[1:] if r.get("samples_per_s")]
+        info = {**info, "updated": utc_now(), "mean_samples_per_s": sum(rates) / len(rates) if rates else None}
+        info["files"] = {**info.get("files", {}), "train_log": TRAIN_LOG, "val_log": VAL_LOG}
+        return write_json(self.out_dir / RUN_INFO, info, sort_keys=True, default=str)

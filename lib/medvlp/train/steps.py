@@ -29,9 +29,9 @@ TERM_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _pair_loss(kind: str, model: nn.Module, a: torch.Tensor, b: torch.Tensor, chunk_size) -> torch.Tensor:
-    """Global image-text loss: ``contrastive`` (InfoNCE) or ``sigmoid`` (needs ``model.logit_bias``)."""
-    if kind == "contrastive":
+def _pair_loss(loss: str, model: nn.Module, a: torch.Tensor, b: torch.Tensor, chunk_size) -> torch.Tensor:
+    """Global image-text loss ``loss``: ``contrastive`` (InfoNCE) or ``sigmoid`` (needs ``model.logit_bias``)."""
+    if loss == "contrastive":
         return contrastive_loss(a, b, model.logit_scale_exp(), chunk_size=chunk_size)
     if getattr(model, "logit_bias", None) is None:
         raise ValueError("the sigmoid loss needs a logit bias; build the model with init_logit_bias "

@@ -37,9 +37,10 @@ import torch
 from tqdm.auto import tqdm
 
 from medvlp.curate.report_decomposition import split_sentences
+from medvlp.metrics_json import write_json
 from medvlp.stage_args import stage_function
 from medvlp.train.determinism import seed_everything
-from medvlp.train.runlog import CSVLog, describe_device, git_revision, package_versions, utc_now, write_json
+from medvlp.train.runlog import CSVLog, describe_device, git_revision, package_versions, utc_now
 
 __all__ = ["caption_concepts", "pretrain_text_encoder", "train_wordpiece", "training_texts"]
 
@@ -319,6 +320,7 @@ def pretrain_text_encoder(*, curated_dir: str, out_dir: str, metrics_path: str, 
                                                   "num_heads": num_heads, "intermediate_size": intermediate_size,
                                                   "steps": steps, "batch_size": batch_size, "lr": lr,
                                                   "mlm_probability": mlm_probability, "concept_steps": concept_steps,
-                                                  "concept_lr": concept_lr, "seed": seed}})
-    write_json(Path(metrics_path), metrics)
+                                                  "concept_lr": concept_lr, "seed": seed}},
+               sort_keys=True, default=str)
+    write_json(Path(metrics_path), metrics, sort_keys=True)
     return metrics

@@ -25,7 +25,7 @@ nibabel and the adapters.
 
 from __future__ import annotations
 
-import importlib
+from medvlp.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "ct_rate": ("ingest_ct_rate",),
@@ -36,16 +36,4 @@ _EXPORTS = {
     "summary": ("IngestSummary",),
     "totalseg": ("convert_totalseg", "load_totalseg_mapping"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'medvlp.data.ingest' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"medvlp.data.ingest.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""``python -m medvlp.data.ingest <kind> <src> <dst> [options]`` (also ``medvlp ingest ...``).
+"""``python -m medvlp.data.ingest <dataset> <src> <dst> [options]`` (also ``medvlp ingest ...``).
 
     medconcept META.jsonl DST --images DIR [--threshold 0.8] [--write-lexicon PATH]   -> DST/figures/
     roco       ROCO_DIR DST                                                          -> DST/figures/
@@ -6,7 +6,7 @@
     dicom      DICOM_TREE OUT_DIR                                                    -> OUT_DIR/<series>.nii.gz
     totalseg   TOTALSEG_OUTPUT OUT_DIR [--mapping PATH]                              -> OUT_DIR/<name>.nii.gz
 
-Every kind: ``--strict`` (fail at the first bad record, naming file and line), ``--overwrite`` (replace
+Every dataset: ``--strict`` (fail at the first bad record, naming file and line), ``--overwrite`` (replace
 a non-empty output folder), ``--max-examples N``, ``--quiet`` (no progress bar). The summary (counts by
 reason) is printed and written as ``ingest_report.json`` next to the output. Exit status 1 when the
 source cannot be ingested (or, with ``--strict``, has a bad record).
@@ -38,8 +38,8 @@ def _figures_options(p: argparse.ArgumentParser) -> None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the kind subcommands to ``parser`` (the kind lands in ``ingest_kind``)."""
-    sub = parser.add_subparsers(dest="ingest_kind", required=True, metavar="kind")
+    """Add one subcommand per dataset to ``parser`` (its name lands in ``ingest_dataset``)."""
+    sub = parser.add_subparsers(dest="ingest_dataset", required=True, metavar="dataset")
 
     p = sub.add_parser("medconcept", help="MedConcept-23M metadata JSONL + images -> DST/figures/")
     p.add_argument("src", type=Path, help="the metadata JSON Lines file")
@@ -100,20 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args: argparse.Namespace):
     common = {"overwrite": args.overwrite, "strict": args.strict, "max_examples": args.max_examples,
               "progress": not args.quiet}
-    kind = args.ingest_kind
-    if kind == "medconcept":
+    dataset = args.ingest_dataset
+    if dataset == "medconcept":
         from medvlp.data.ingest.medconcept import ingest_medconcept
 
         return ingest_medconcept(args.src, args.dst, images=args.images, similarity_threshold=args.threshold,
                                  span_window=args.span_window, concept_lexicon=args.concept_lexicon,
                                  write_lexicon=args.write_lexicon,
                                  images_mode=args.images_mode, check_images=not args.no_image_check, **common)
-    if kind == "roco":
+    if dataset == "roco":
         from medvlp.data.ingest.roco import ingest_roco
 
         return ingest_roco(args.src, args.dst, images_mode=args.images_mode, check_images=not args.no_image_check,
                            **common)
-    if kind == "ct_rate":
+    if dataset == "ct_rate":
         from medvlp.data.ingest.ct_rate import ingest_ct_rate
 
         return ingest_ct_rate(args.src, args.dst, segmentations=args.segmentations,
@@ -121,7 +121,7 @@ def _dispatch(args: argparse.Namespace):
                               metadata=args.metadata, labels=args.labels, volumes=args.volumes,
                               volumes_fixed=args.volumes_fixed, totalseg_mapping=args.totalseg_mapping,
                               anatomy_lexicon=args.anatomy_lexicon, limit=args.limit, **common)
-    if kind == "dicom":
+    if dataset == "dicom":
         from medvlp.data.ingest.dicom_series import convert_dicom_tree
 
         return convert_dicom_tree(args.src, args.dst, **common)
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = _dispatch(args)
     except (IngestError, FileNotFoundError, ValueError) as e:
-        print(f"medvlp ingest {args.ingest_kind}: {e}", file=sys.stderr)
+        print(f"medvlp ingest {args.ingest_dataset}: {e}", file=sys.stderr)
         return 1
     print(summary.text())
     return 0

@@ -31,10 +31,17 @@ Outputs under ``<dst>/ct/``:
   segmentation: segmentations/<patient>/<stem>.nii.gz, findings: Findings_EN, impression: Impressions_EN,
   clinical_information: ClinicalInformation_EN, technique: Technique_EN}`` (the last two are extra fields
   that curation ignores);
-- ``ct_truth.jsonl``: ``{id, labels: {anatomy: [abnormality ids]}, study_labels: [ids], lesion_mask: null,
-  lesions: [], border_touching: [anatomies on the volume border]}``; ``labels`` holds the anatomies some
-  CT-RATE label speaks about (lung, heart, aorta, esophagus with medvlp's lexicon): the others are
-  unlabelled, so absent rather than normal. CT-RATE has no sentence-level truth, so no ``sentences``;
+- ``ct_truth.jsonl``: ``{id, labels: {anatomy: [abnormality ids]}, study_labels: [ids], unknown_labels: [ids],
+  lesion_mask: null, lesions: [], border_touching: [anatomies on the volume border]}``; ``labels`` holds the
+  anatomies some CT-RATE label speaks about (lung, heart, aorta, esophagus with medvlp's lexicon): the others
+  are unlabelled, so absent rather than normal. CT-RATE has no sentence-level truth, so no ``sentences``;
+
+Label values: a cell that is not 0 or 1 (``-1``, empty, ``nan``, text) leaves that one label unknown for the
+volume: its id goes to ``unknown_labels`` (neither positive nor negative; evaluation leaves out exactly that
+(volume, label) pair) and an ``unknown_label`` warning is counted per cell, while the row's known labels are
+kept. A row with no known label at all, or a malformed row, writes no truth record (``invalid_labels``
+warning); a volume without a labels row neither (``missing_labels``). ``ingest_report.json``'s details count
+the unknown cells per label (``unknown_labels``);
 - ``anatomy_ct_rate.json``: the anatomy lexicon with CT-RATE's labels as abnormalities (for
   ``curate.anatomy_lexicon``);
 - ``ingest_report.json``.
@@ -153,6 +160,15 @@ def air_level(values: np.ndarray) -> float | None:
     return float(np.percentile(sample, AIR_PERCENTILE)) if sample.size else None
 
 
+def _label_value(text: str) -> bool | None:
+    """A label cell: True (1), False (0), or None (unknown: ``-1``, empty, ``nan``, anything else)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return {1.0: True, 0.0: False}.get(value)
+
+
 class _StudyConverter:
     """One reports row -> files written, manifest record and truth record (or :class:`Skip`)."""
 
@@ -162,6 +178,7 @@ class _StudyConverter:
         self.lexicon, self.volumes_fixed, self.warnings = lexicon, volumes_fixed, warnings
         self.seen: dict[str, str] = {}
         self.label_counts = {x.id: 0 for x in CT_RATE_LABELS}
+        self.unknown_counts = {x.id: 0 for x in CT_RATE_LABELS}
 
     def _segmentation(self, vn: VolumeName) -> Path:
         root, nested = self.segmentations, self.segmentations / vn.patient_id / vn.scan
@@ -287,7 +304,8 @@ class _StudyConverter:
 
     def truth(self, vn: VolumeName, border: list[str], labels_row: CsvRow | None, table: Path | None
               ) -> dict | None:
-        """The truth record of a written study, or None (a ``missing_labels`` / ``invalid_labels`` warning)."""
+        """The truth record of a written study (unknown cells listed in ``unknown_labels``, one ``unknown_label``
+        warning each), or None (a ``missing_labels`` / ``invalid_labels`` warning)."""
         if table is None:
             return None
         if labels_row is None:
@@ -297,24 +315,23 @@ class _StudyConverter:
         if labels_row.problem:
             self.warnings.add("invalid_labels", f"{where}: {labels_row.problem}; no truth record for {vn.stem}")
             return None
-        positive = set()
-        for x in CT_RATE_LABELS:
-            text = labels_row.values.get(x.column, "").strip()
-            try:
-                value = float(text)
-            except ValueError:
-                value = float("nan")
-            if value not in (0.0, 1.0):
-                self.warnings.add("invalid_labels", f"{where}: {x.column} is {text!r}, not 0 or 1; no truth record "
-                                                    f"for {vn.stem}")
-                return None
-            if value == 1.0:
-                positive.add(x.column)
+        values = {x.column: _label_value(labels_row.values.get(x.column, "")) for x in CT_RATE_LABELS}
+        unknown = [x for x in CT_RATE_LABELS if values[x.column] is None]
+        if len(unknown) == len(CT_RATE_LABELS):
+            cells = sorted({labels_row.values.get(x.column, "").strip() for x in CT_RATE_LABELS})
+            self.warnings.add("invalid_labels", f"{where}: no label is 0 or 1 (values {cells}); no truth record "
+                                                f"for {vn.stem}")
+            return None
+        for x in unknown:
+            self.warnings.add("unknown_label", f"{where}: {x.column} is {labels_row.values.get(x.column, '')!r}, "
+                                               f"not 0 or 1; {x.id} is unknown for {vn.stem} (left out of evaluation)")
+            self.unknown_counts[x.id] += 1
+        positive = {column for column, value in values.items() if value}
         by_anatomy, study = truth_labels(positive, self.lexicon)
         for x in CT_RATE_LABELS:
             self.label_counts[x.id] += x.column in positive
-        return {"id": vn.stem, "labels": by_anatomy, "study_labels": study, "lesion_mask": None, "lesions": [],
-                "border_touching": border}
+        return {"id": vn.stem, "labels": by_anatomy, "study_labels": study, "unknown_labels": [x.id for x in unknown],
+                "lesion_mask": None, "lesions": [], "border_touching": border}
 
 
 def _splits(src: Path, splits: tuple[str, ...] | None, reports, metadata, labels, volumes,
@@ -417,6 +434,7 @@ def ingest_ct_rate(src: str | Path, dst: str | Path, *, segmentations: str | Pat
     lex_path = write_json(collection / LEXICON_NAME, lexicon_json)
     summary.outputs["anatomy_lexicon"] = str(lex_path)
     summary.details = {"studies_with_truth": len(truths), "positive_labels": convert.label_counts,
+                       "unknown_labels": convert.unknown_counts,
                        "notes": [f"set curate.anatomy_lexicon: {lex_path} to curate with CT-RATE's abnormalities"]}
     summary.write(collection / REPORT_NAME)
     return summary

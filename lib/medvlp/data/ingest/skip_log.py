@@ -35,7 +35,8 @@ Warnings (never fatal, also counted with examples) are findings that do not drop
 spans dropped (``below_threshold``, ``invalid_span``, ``out_of_range_span``, ``overlapping_span``), a
 ROCO CUI that is not one (``invalid_cui``), a side-table line without an id or repeating one
 (``invalid_line``, ``duplicate_line``, ``invalid_row``, ``duplicate_row``), a CT-RATE study whose labels
-are absent or not 0 / 1 (``missing_labels``, ``invalid_labels``: its truth record is left out), a file
+are absent or none of them 0 / 1 (``missing_labels``, ``invalid_labels``: its truth record is left out), a
+CT-RATE label cell that is not 0 / 1 (``unknown_label``: that label is unknown for the study), a file
 that is no volume slice (``not_dicom``, ``not_a_volume_slice``), an anatomy with no voxel in a label map
 (``anatomy_absent``).
 """

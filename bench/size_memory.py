@@ -1,9 +1,9 @@
-"""Memory of one training step of the paper-sized recipes (``medvlp recipe paper``), per sample.
+"""Memory of one training step of the paper-sized models (``medvlp size paper``), per sample.
 
-    .venv/bin/python bench/recipe_memory.py [--device cpu|cuda] [--batch 2] [--models conceptclip fvlm radclip]
+    .venv/bin/python bench/size_memory.py [--device cpu|cuda] [--batch 2] [--models conceptclip fvlm radclip]
 
-For each model, the paper recipe's architecture is built and one optimiser step of its first stage
-runs on ``--batch`` random samples (with the recipe's gradient checkpointing). Printed: parameters,
+For each model, the paper size's architecture is built and one optimiser step of its first stage
+runs on ``--batch`` random samples (with its gradient checkpointing). Printed: parameters,
 the fixed memory of fp32 weights (4 bytes per parameter) + gradients + AdamW state (12 bytes per
 trainable parameter), and
 the measured peak memory of the step above the fixed part, per sample (activations). On CUDA the
@@ -14,7 +14,7 @@ bound for bf16 activations (each model in a fresh process; at batch 2 the CPU fi
 
 Estimated GPU memory for a per-GPU batch b: fixed + b x per-sample (the README table).
 
-The recipe's pretrained text towers (PubMedBERT, BERT-base) need not be on the machine: their folders are
+The paper size's pretrained text towers (PubMedBERT, BERT-base) need not be on the machine: their folders are
 replaced by a BERT of BERT-base size built here from random weights (:func:`offline_text_towers`), which
 takes the same memory.
 """
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from losses import _reset_hwm, _rss_bytes  # noqa: E402  (the loss benchmark's RSS probes)
 
 from medvlp.models import count_parameters  # noqa: E402
-from medvlp.params import load_params, recipe, stage_params  # noqa: E402
+from medvlp.params import apply_size, load_params, stage_params  # noqa: E402
 from medvlp.train.config import TrainConfig  # noqa: E402
 from medvlp.train.ema import EMATextTower  # noqa: E402
 from medvlp.train.loop import enable_grad_checkpointing, freeze_for_stage  # noqa: E402
@@ -67,7 +67,7 @@ def offline_text_towers(params: dict, folder: Path) -> dict:
 
 
 def random_batch(cfg: TrainConfig, model, batch: int, device) -> dict:
-    """A batch of random inputs shaped like the recipe's first stage."""
+    """A batch of random inputs shaped like the model's first stage."""
     stage = cfg.stages[0]
     text_cfg = model.config["clip_model"]["text_cfg"]
     vocab = int(model.text.tower.vocab_size)
@@ -139,9 +139,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["conceptclip", "fvlm", "radclip"])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
-    params = offline_text_towers(recipe("paper", load_params(args.params)), Path(tempfile.mkdtemp()))
+    params = offline_text_towers(apply_size("paper", load_params(args.params)), Path(tempfile.mkdtemp()))
     device = torch.device(args.device)
-    print(f"paper recipe, first stage of each model, batch {args.batch}, {device.type}")
+    print(f"paper size, first stage of each model, batch {args.batch}, {device.type}")
     print(f"{'model':14s} {'parameters':>12s} {'trainable':>12s} {'fixed GiB':>10s} {'GiB/sample':>11s}")
     for name in args.models:
         if device.type == "cpu" and len(args.models) > 1:

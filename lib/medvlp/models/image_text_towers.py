@@ -17,7 +17,7 @@ from open_clip.model import _build_text_tower, _build_vision_tower
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
-from medvlp.models.conv_tower import build_conv_tower
+from medvlp.models.conv_image_tower import build_conv_tower
 from medvlp.models.outputs import ImageOutput, TextOutput
 from medvlp.models.tokenizers import build_tokenizer, local_hf_path
 
@@ -38,8 +38,24 @@ class MLPHead(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+def _biased_linear(proj: nn.Module) -> nn.Linear:
+    """A ``Linear`` with a bias (zeros) and ``proj``'s weight, in place of open_clip's bias-free projection.
+
+    Raises:
+        ValueError: ``proj`` is not a plain ``nn.Linear`` (``hf_proj_bias`` needs ``hf_proj_type: linear``).
+    """
+    if not isinstance(proj, nn.Linear):
+        raise ValueError(f"text_cfg.hf_proj_bias needs hf_proj_type 'linear' (the projection is a "
+                         f"{type(proj).__name__})")
+    out = nn.Linear(proj.in_features, proj.out_features, bias=True)
+    with torch.no_grad():
+        out.weight.copy_(proj.weight)
+        out.bias.zero_()
+    return out
+
+
 class ImageEncoder(nn.Module):
-    """open_clip ViT image tower (or medvlp's :class:`~medvlp.models.conv_tower.ConvTower`) returning the
+    """open_clip ViT image tower (or medvlp's :class:`~medvlp.models.conv_image_tower.ConvTower`) returning the
     global embedding and all patch tokens.
 
     Args:
@@ -92,8 +108,10 @@ class TextEncoder(nn.Module):
       ``hf_model_name`` (a local directory or a cached hub id; WordPiece tokens,
       :class:`~medvlp.models.tokenizers.WordPieceTokenizer` of ``hf_tokenizer_name`` or the model's own).
       ``pool``: ``"cls"`` (the ``[CLS]`` state, fVLM's report embedding) or ``"mean"`` (over non-padding
-      tokens, ConceptCLIP's); then the adapter's projection ``hf_proj_type`` (``linear`` or ``mlp``).
-      ``hf_model_pretrained`` (default true) starts from the model's weights, else from its config only.
+      tokens, ConceptCLIP's); then the adapter's projection ``hf_proj_type`` (``linear`` or ``mlp``;
+      open_clip's layers have no bias). ``hf_proj_bias`` (medvlp's key, default false) gives the ``linear``
+      projection a bias, as fVLM's ``text_proj`` has. ``hf_model_pretrained`` (default true) starts from the
+      model's weights, else from its config only.
 
     Token states are those of every position of the ids (for BERT, ``[CLS]`` at 0), so concept spans
     index them directly.
@@ -122,9 +140,12 @@ class TextEncoder(nn.Module):
         if self.is_hf:
             cfg = {**text_cfg, "hf_model_name": local_hf_path(text_cfg["hf_model_name"]),
                    "hf_pooler_type": HF_POOLERS[pool], "output_tokens": True}
+            proj_bias = bool(cfg.pop("hf_proj_bias", False))
             self.tower = _build_text_tower(embed_dim, cfg, quick_gelu)
             if not isinstance(self.tower, HFTextEncoder):
                 raise ValueError(f"text_cfg builds a {type(self.tower).__name__}, not open_clip's HFTextEncoder")
+            if proj_bias:
+                self.tower.proj = _biased_linear(self.tower.proj)
             self.width: int = int(self.tower.config.hidden_size)
             self.context_length: int = int(text_cfg.get("context_length") or 0)
             limit = int(self.tower.config.max_position_embeddings)

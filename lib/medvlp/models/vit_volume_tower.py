@@ -8,6 +8,9 @@ import torch
 from monai.networks.nets import ViT
 from torch import nn
 
+#: ``vit3d.final_norm``: which selected depths go through the ViT's final LayerNorm.
+FINAL_NORMS = ("every_depth", "last_block")
+
 
 class ViT3DEncoder(nn.Module):
     """MONAI 3D ViT (``spatial_dims=3, classification=False``) over a volume [B, C, X, Y, Z].
@@ -18,14 +21,22 @@ class ViT3DEncoder(nn.Module):
     Args:
         vit_cfg: ``monai.networks.nets.ViT`` keyword arguments (``in_channels``, ``img_size``,
             ``patch_size``, ``hidden_size``, ``mlp_dim``, ``num_layers``, ``num_heads``, ...).
-        token_depths: block indices (python-style, -1 = last block) whose outputs to return. Every
-            selected block output goes through the ViT's final LayerNorm, so all depths share one scale
+        token_depths: block indices (python-style, -1 = last block) whose outputs to return. By default
+            every selected block output goes through the ViT's final LayerNorm, so all depths share one scale
             (the last one then equals MONAI's own output).
+
+    ``vit_cfg["final_norm"]`` (medvlp's key, not MONAI's): ``"every_depth"`` (default, as above) or
+    ``"last_block"``: only the last block's output goes through the final LayerNorm, the other depths are
+    raw block outputs, as the official fVLM ViT (``lavis/models/blip_models/vit.py``) returns its
+    multi-level tokens.
     """
 
     def __init__(self, vit_cfg: dict, token_depths: Sequence[int] = (-1,)):
         super().__init__()
         cfg = dict(vit_cfg)
+        self.final_norm = cfg.pop("final_norm", "every_depth")
+        if self.final_norm not in FINAL_NORMS:
+            raise ValueError(f"vit3d config: final_norm must be one of {FINAL_NORMS}, got {self.final_norm!r}")
         for key in ("spatial_dims", "classification"):
             if key in cfg:
                 raise ValueError(f"vit3d config: {key!r} is fixed by medvlp (3D, no classification head)")
@@ -58,7 +69,10 @@ class ViT3DEncoder(nn.Module):
             raise ValueError(f"volume: expected [B, C, {', '.join(map(str, self.img_size))}], "
                              f"got {list(volume.shape)}; resample/crop to the ViT's img_size")
         _, hidden = self.vit(volume)
-        return torch.stack([self.vit.norm(hidden[d]) for d in self.token_depths], dim=1)
+        last = len(hidden) - 1
+        normed = [self.final_norm == "every_depth" or d == last for d in self.token_depths]
+        return torch.stack([self.vit.norm(hidden[d]) if n else hidden[d]
+                            for d, n in zip(self.token_depths, normed)], dim=1)
 
 
 def _triple(value: int | Sequence[int]) -> tuple[int, int, int]:

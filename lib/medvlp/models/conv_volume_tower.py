@@ -3,7 +3,7 @@
 Why it exists: trained from scratch on a CPU, the 3D ViT of fVLM learns the focal CT findings far
 more slowly than a convolutional net, and the global CT-CLIP baseline built on it stays at chance
 for the default budget (README, "Choosing the volume tower"): convolutions carry the locality prior
-a ViT must learn from data, exactly as for the 2D tower (``conv_tower.py``). fVLM's method does not
+a ViT must learn from data, exactly as for the 2D tower (``conv_image_tower.py``). fVLM's method does not
 depend on the tower: its anatomy pooling needs a token grid whose cells map to voxel blocks, which
 the last feature map is.
 
