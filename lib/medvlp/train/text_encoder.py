@@ -7,7 +7,8 @@ here, from the **train split only** of the curated corpus (never validation or t
 1. texts: every train figure caption, and every sentence (:func:`~medvlp.curate.report_decomposition.split_sentences`)
    of every train CT report's findings and impression (:func:`training_texts`);
 2. a WordPiece tokenizer (Hugging Face ``tokenizers``, BERT normalisation: lower case, accents
-   stripped) with ``vocab_size`` entries, learnt on those texts (:func:`train_wordpiece`);
+   stripped) with ``vocab_size`` entries, learnt on those texts deterministically (:func:`train_wordpiece`,
+   :mod:`medvlp.train.wordpiece`);
 3. a BERT (``transformers.BertForMaskedLM``) trained in two phases (:func:`pretrain_text_encoder`): ``steps`` of
    the standard masked-LM objective on all the texts (15% of the tokens selected; of them 80% masked, 10% replaced,
    10% kept), then ``concept_steps`` of a concept objective on the captions: a linear head on the mean of the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from medvlp.metrics_json import write_json
 from medvlp.stage_args import stage_function
 from medvlp.train.determinism import seed_everything
 from medvlp.train.runlog import CSVLog, describe_device, git_revision, package_versions, utc_now
+from medvlp.train.wordpiece import learn_wordpiece_vocab
 
 __all__ = ["caption_concepts", "pretrain_text_encoder", "train_wordpiece", "training_texts"]
 
@@ -97,23 +100,24 @@ def caption_concepts(curated_dir: str | Path, split: str = "train") -> tuple[lis
 
 
 def train_wordpiece(texts: Sequence[str], vocab_size: int, out_dir: str | Path | None = None):
-    """A BERT WordPiece tokenizer learnt on ``texts``, as a ``transformers.BertTokenizerFast``.
+    """A BERT WordPiece tokenizer learnt on ``texts``, as a ``transformers.BertTokenizerFast``: BERT's normalizer
+    and pre-tokenizer, the vocabulary of :func:`~medvlp.train.wordpiece.learn_wordpiece_vocab` (deterministic,
+    unlike ``tokenizers``' own trainer).
 
     Args:
         texts: the training texts.
         vocab_size: vocabulary entries (special tokens included).
         out_dir: if given, the tokenizer files are saved there.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for t in texts for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(t)))
+    vocab = learn_wordpiece_vocab(words, int(vocab_size), SPECIAL_TOKENS)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]", do_lower_case=True)
     from tokenizers import processors
