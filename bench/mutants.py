@@ -88,7 +88,7 @@ MUTANTS: tuple[Mutant, ...] = (
            'pairs = np.repeat(studies.has_truth[:, None], len(studies.abnormality_ids), axis=1)',
            'pairs = np.ones((len(studies), len(studies.abnormality_ids)), dtype=bool)', (CT,)),
     Mutant("CT: anatomies not intact scored", "lib/medvlp/eval/zero_shot.py",
-           'scored = scored & np.asarray(intact, dtype=bool)[:, _anatomy_columns(lexicon)]', 'pass', (CT,)),
+           'probs[~np.asarray(intact, dtype=bool)[:, _anatomy_columns(lexicon)]] = np.nan', 'pass', (CT,)),
     Mutant("operating point argmin -> argmax", "lib/medvlp/eval/metrics.py",
            'best = int(np.argmin(distance))', 'best = int(np.argmax(distance))', (CT,)),
     # -- evaluation sets
